@@ -1,0 +1,4 @@
+from fluxgw.cli import main
+import sys
+
+sys.exit(main())

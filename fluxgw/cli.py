@@ -1,0 +1,145 @@
+"""The `flux` command: parse arguments, call the library, print. No business logic here.
+
+Errors are one line on stderr and exit 1; usage errors exit 2 (argparse); never a traceback
+(set FLUX_DEBUG=1 to see one for an unexpected failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import FluxError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flux", description="Flux functions gateway")
+    parser.add_argument("--project", type=Path, help="project folder (default: found upward)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create a new project with example functions")
+    init.add_argument("dir", nargs="?", type=Path, default=Path("."))
+
+    commands.add_parser("deploy", help="validate functions and make them the live deployment")
+
+    dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=4000)
+
+    serve = commands.add_parser("serve", help="serve the live deployment")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+
+    routes = commands.add_parser("routes", help="show the routing table")
+    routes.add_argument("--json", action="store_true")
+
+    keys = commands.add_parser("api-keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--test", action="store_true", help="a flx_test_ key")
+    create.add_argument(
+        "--function", action="append", default=[], dest="functions", metavar="F",
+        help="scope the key to this function (repeatable)",
+    )
+    listing = key_commands.add_parser("list", help="list keys")
+    listing.add_argument("--json", action="store_true")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+
+    project = commands.add_parser("project", help="project settings")
+    project_commands = project.add_subparsers(dest="project_command", required=True)
+    update = project_commands.add_parser("update", help="change plan or CORS allowlist")
+    update.add_argument(
+        "--cors-origin", action="append", dest="cors_origins", metavar="URL",
+        help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
+    )
+    update.add_argument("--plan", choices=("free", "pro", "team"))
+    show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
+    show.add_argument("--json", action="store_true")
+
+    trace = commands.add_parser("trace", help="show a request's trace")
+    trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
+    trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
+    trace.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args) or EXIT_OK
+    except FluxError as exc:
+        print(f"flux: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug of ours: still one line, unless asked for more
+        if os.environ.get("FLUX_DEBUG"):
+            raise
+        print(f"flux: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import commands
+
+    if args.command == "init":
+        return commands.init(args.dir)
+    project_dir = _project(args)
+    handler = {
+        "deploy": commands.deploy,
+        "dev": commands.dev,
+        "serve": commands.serve,
+        "routes": commands.routes,
+        "api-keys": commands.api_keys,
+        "project": commands.project,
+        "trace": commands.trace,
+    }[args.command]
+    return handler(project_dir, args)
+
+
+def _project(args: argparse.Namespace) -> Path:
+    from .project import find_project
+
+    return find_project(Path.cwd(), args.project)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def relative_time(then: float | None, now: float | None = None) -> str:
+    """'just now', '5 minutes ago', '2 days ago'; 'never' for None."""
+    if then is None:
+        return "never"
+    seconds = max(0, int((time.time() if now is None else now) - then))
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now" if seconds < 10 else f"{seconds} seconds ago"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""What each `flux` command does, on top of the library; cli.py only parses and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .cli import print_json, print_table, relative_time
+from .deploy import Deployment, load_deployment
+from .deploy import deploy as deploy_functions
+from .errors import FluxError
+from .keyfile import create_key, load_records, load_usage, revoke_key
+from .ratelimit import PLANS
+from .settings import load_settings, update_settings
+from .state import StateDir
+
+TEMPLATE = Path(__file__).parent / "templates" / "init"
+
+
+def init(target: Path) -> int:
+    target = target.resolve()
+    functions = target / "functions"
+    if functions.exists() and any(functions.iterdir()):
+        raise FluxError(f"{functions} already exists and is not empty; not overwriting it")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        TEMPLATE, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    ignore_file = target / "gitignore.txt"  # shipped under another name: packaging drops dotfiles
+    if (target / ".gitignore").exists():
+        ignore_file.unlink()
+    else:
+        ignore_file.rename(target / ".gitignore")
+    state = StateDir(target)
+    state.ensure()
+    load_settings(state, create=True)
+    print(f"Created a Flux project in {target}")
+    print("  functions/hello_python (python), functions/hello_node (node), "
+          "functions/hello_deno (deno)")
+    print("Next: cd into it, then 'flux dev' to serve it, and "
+          "'flux api-keys create --name dev' for a key.")
+    return 0
+
+
+def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
+    from .routing import RouteTable
+    from .runtime.discovery import runtime_problem
+
+    table = RouteTable(deployment.functions)
+    if not len(table):
+        print("(no functions deployed)")
+        return
+    print_table(("METHOD", "ROUTE", "FUNCTION", "RUNTIME"), [tuple(r) for r in table.rows()])
+    if problems:
+        for spec in deployment.functions:
+            problem = runtime_problem(spec.runtime)
+            if problem:
+                print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
+
+
+def deploy(project_dir: Path, args: argparse.Namespace) -> int:
+    state = StateDir(project_dir)
+    load_settings(state, create=True)
+    deployment = deploy_functions(state)
+    print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
+    print_routes(deployment)
+    return 0
+
+
+def routes(project_dir: Path, args: argparse.Namespace) -> int:
+    deployment = load_deployment(StateDir(project_dir))
+    if args.json:
+        print_json(deployment.to_json())
+        return 0
+    if deployment.version == 0:
+        print("nothing deployed yet: run 'flux deploy'")
+        return 0
+    print_routes(deployment, problems=False)
+    return 0
+
+
+def serve(project_dir: Path, args: argparse.Namespace) -> int:
+    from .server import ServerConfig, run_server
+
+    config = ServerConfig(
+        project_dir=project_dir, host=args.host, port=args.port,
+        tracing=not args.no_tracing,
+    )
+    return run_server(config)
+
+
+def dev(project_dir: Path, args: argparse.Namespace) -> int:
+    from .server import ServerConfig, run_server
+
+    state = StateDir(project_dir)
+    load_settings(state, create=True)
+    deployment = deploy_functions(state)
+    print(f"Deployed version {deployment.version} from source:")
+    print_routes(deployment)
+    config = ServerConfig(project_dir=project_dir, host=args.host, port=args.port, dev=True)
+    return run_server(config)
+
+
+def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
+    state = StateDir(project_dir)
+    if args.key_command == "create":
+        settings = load_settings(state, create=True)
+        _check_functions_exist(state, args.functions)
+        key = create_key(
+            state, settings.project_id, name=args.name, test=args.test,
+            functions=tuple(args.functions),
+        )
+        print(key, flush=True)  # the only stdout line: KEY=$(flux api-keys create ...) works
+        return 0
+    if args.key_command == "revoke":
+        record = revoke_key(state, args.name)
+        print(f"revoked {record.name} ({record.display})", file=sys.stderr)
+        return 0
+    records = load_records(state)
+    usage = load_usage(state)
+    if args.json:
+        print_json([
+            {**r.to_json(), "last_used": usage.get(r.key_hash)} for r in records
+        ])
+        return 0
+    rows = [
+        (
+            r.name,
+            r.display,
+            r.environment,
+            relative_time(r.created_at),
+            relative_time(usage.get(r.key_hash)),
+            ",".join(r.functions) or "all",
+            "revoked " + relative_time(r.revoked_at) if r.revoked_at else "active",
+        )
+        for r in records
+    ]
+    if not rows:
+        print("no keys yet: flux api-keys create --name NAME")
+        return 0
+    print_table(("NAME", "PREFIX", "ENV", "CREATED", "LAST USED", "FUNCTIONS", "STATUS"), rows)
+    return 0
+
+
+def _check_functions_exist(state: StateDir, names: list[str]) -> None:
+    if not names:
+        return
+    known = {spec.name for spec in load_deployment(state).functions}
+    source = state.project_dir / "functions"
+    known |= {p.parent.name for p in source.glob("*/flux.json")} if source.is_dir() else set()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FluxError(f"--function {unknown[0]!r}: no such function in this project")
+
+
+def project(project_dir: Path, args: argparse.Namespace) -> int:
+    state = StateDir(project_dir)
+    if args.project_command == "update":
+        if args.plan is None and args.cors_origins is None:
+            raise FluxError("nothing to update: pass --plan and/or --cors-origin")
+        settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+    else:
+        settings = load_settings(state, create=True)
+    plan = PLANS[settings.plan]
+    if getattr(args, "json", False):
+        print_json({
+            **settings.to_json(),
+            "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+        })
+        return 0
+    print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
+    origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"
+    print(f"cors origins: {origins}")
+    return 0
+
+
+def trace(project_dir: Path, args: argparse.Namespace) -> int:
+    from .trace_render import render_list, render_trace, trace_to_json
+    from .tracestore import TraceStore
+    from .tracing import AmbiguousPrefix, TraceNotFound
+
+    state = StateDir(project_dir)
+    store = TraceStore(state.traces_db)
+    if args.last is not None:
+        records = store.last(args.last)
+        if args.json:
+            print_json([trace_to_json(r) for r in records])
+        else:
+            print(render_list(records))
+        return 0
+    if not args.id:
+        raise FluxError("give a request id (or a prefix of >= 6 characters), or --last N")
+    try:
+        record = store.get(args.id)
+    except TraceNotFound:
+        raise FluxError(f"no trace for request id {args.id!r}") from None
+    except AmbiguousPrefix as exc:
+        lines = [f"prefix {args.id!r} matches several requests:"]
+        lines += [f"  {c[0]}  {c[2]} {c[3]} -> {c[4]}" for c in exc.candidates]
+        raise FluxError("\n".join(lines)) from None
+    except ValueError as exc:
+        raise FluxError(str(exc)) from None
+    if args.json:
+        print_json(trace_to_json(record))
+    else:
+        print(render_trace(record))
+    return 0

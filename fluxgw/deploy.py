@@ -1,0 +1,113 @@
+"""Deployments: validate the source, snapshot it, then switch the live pointer atomically.
+
+A deployment is a copy of ``functions/`` under ``.flux/deployments/<n>/`` plus the validated
+specs in ``.flux/deployment.json``. The running gateway serves the snapshot, not the source, so
+editing a file never changes what is live until the next `flux deploy` (self-hosted mode), and
+a refused deploy leaves the last good one live: nothing is written before validation passes,
+and the pointer is switched with one atomic rename after the copy is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import StateError
+from .project import FunctionSpec, load_functions
+from .state import StateDir, fsync_dir
+
+KEEP_DEPLOYMENTS = 3  # old snapshots kept so workers draining them still find their files
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".DS_Store")
+
+
+@attrs.frozen
+class Deployment:
+    version: int
+    deployed_at: float
+    functions: tuple[FunctionSpec, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "deployed_at": self.deployed_at,
+            "functions": [spec.to_json() for spec in self.functions],
+        }
+
+
+EMPTY = Deployment(version=0, deployed_at=0.0, functions=())
+
+
+def load_deployment(state: StateDir) -> Deployment:
+    data = state.read_json(state.deployment_file)
+    if data is None:
+        return EMPTY
+    try:
+        return Deployment(
+            version=int(data["version"]),
+            deployed_at=float(data["deployed_at"]),
+            functions=tuple(FunctionSpec.from_json(item) for item in data["functions"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(
+            str(state.deployment_file), f"is not a valid deployment ({exc}); left untouched"
+        ) from None
+
+
+def deploy(state: StateDir) -> Deployment:
+    """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch."""
+    project_dir = state.project_dir
+    specs = load_functions(project_dir)  # validation first: a refused deploy writes nothing
+    state.ensure()
+    with state.lock():
+        current = load_deployment(state)
+        version = max(current.version, _highest_snapshot(state)) + 1
+        target = state.deployments_dir / str(version)
+        staging = state.deployments_dir / f"{version}.tmp"
+        state.deployments_dir.mkdir(mode=0o700, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        try:
+            shutil.copytree(project_dir / "functions", staging / "functions", ignore=COPY_IGNORE)
+            staging.rename(target)
+            fsync_dir(state.deployments_dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StateError(str(target), f"cannot snapshot functions: {exc}") from None
+        # Re-validate from the snapshot so the live specs point at the copied files (and a file
+        # that changed between validation and copy is still checked).
+        snapshot_specs = load_functions(target)
+        del specs
+        deployment = Deployment(
+            version=version, deployed_at=time.time(), functions=snapshot_specs
+        )
+        state.write_json(state.deployment_file, deployment.to_json())
+        _prune(state, keep_from=version - KEEP_DEPLOYMENTS + 1)
+    return deployment
+
+
+def _highest_snapshot(state: StateDir) -> int:
+    highest = 0
+    if state.deployments_dir.is_dir():
+        for entry in state.deployments_dir.iterdir():
+            stem = entry.name.removesuffix(".tmp")
+            if stem.isdigit():
+                highest = max(highest, int(stem))
+    return highest
+
+
+def _prune(state: StateDir, *, keep_from: int) -> None:
+    for entry in state.deployments_dir.iterdir():
+        stem = entry.name.removesuffix(".tmp")
+        if stem.isdigit() and (int(stem) < keep_from or entry.name.endswith(".tmp")):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(entry)
+
+
+def source_path(spec: FunctionSpec, state: StateDir) -> Path:
+    """Where the user edits this function (the snapshot's folder name is the same)."""
+    return state.project_dir / "functions" / spec.directory.name

@@ -1,0 +1,71 @@
+"""The contract between the gateway and the runtime pool: plain values in, plain values out.
+
+The gateway builds an :class:`Invocation` (the caller's ``Authorization`` already removed) and
+calls ``PoolManager.invoke(spec, invocation)``; it gets an :class:`InvocationResult` or a
+:class:`FunctionFailed` carrying the SPEC §4.2 status, error code, message and the log lines
+the function printed before failing.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class LogLine:
+    """One line a function printed or logged, captured per invocation."""
+
+    timestamp: float  # epoch seconds
+    stream: str  # "stdout", "stderr", "log" (ctx.logger / console.*), "output" (raw fd 1/2)
+    text: str
+
+
+@attrs.frozen
+class Invocation:
+    """One request for a function, as the worker will see it."""
+
+    request_id: str
+    method: str
+    path: str
+    deadline: float  # epoch seconds (time.time()); the pool also caps it at spec.timeout
+    query: tuple[tuple[str, str], ...] = ()  # decoded pairs, in order, repeats kept
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names; no Authorization
+    body: bytes = b""
+    traceparent: str | None = None
+    url: str = ""  # full URL as the caller used it (scheme://host/path?query); "" = build one
+
+
+@attrs.frozen
+class InvocationResult:
+    """What the function answered."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # repeated names (Set-Cookie) stay separate pairs
+    body: bytes
+    logs: tuple[LogLine, ...] = ()
+    worker_pid: int = 0
+    cold_start: bool = False  # True when this invocation had to start its worker
+    duration_ms: float = 0.0  # handler time, excluding any wait for a worker or cold start
+    startup_ms: float = 0.0  # cold start time (spawn to ready), 0 when warm
+
+
+class FunctionFailed(Exception):
+    """The function could not answer: 502 (crash, bad output, no runtime) or 504 (timeout)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        logs: tuple[LogLine, ...] = (),
+        worker_pid: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.logs = logs
+        self.worker_pid = worker_pid
+
+    def __repr__(self) -> str:
+        return f"FunctionFailed({self.status}, {self.code!r}, {self.message!r})"

@@ -1,0 +1,177 @@
+"""The .flux/ folder: crash-safe writes, one advisory lock, cheap change detection.
+
+Every write goes temp file -> fsync -> rename -> fsync(folder), so a crash at any instant leaves
+either the old file or the new one, never a torn one. A `flux` command and a running gateway
+take the same ``flock`` before a read-modify-write, so their writes never interleave. A file
+that does not parse is reported with its path and left alone: we never overwrite what we could
+not read, because it may hold the only copy of a user's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+GITIGNORE = "# Written by the flux command: keys, limiter state, traces. Never commit.\n*\n"
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+# Files only ever written while holding the lock (see StateDir.lock).
+LOCKED_FILES = ("keys.json", "project.json", "deployment.json", "ratelimit.json", "key-usage.json")
+
+Fingerprint = tuple[int, int, int] | None
+
+
+class StateDir:
+    """Paths and safe file operations for one project's ``.flux/`` folder."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = project_dir
+        self.root = project_dir / ".flux"
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def keys_file(self) -> Path:
+        return self.root / "keys.json"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "project.json"
+
+    @property
+    def deployment_file(self) -> Path:
+        return self.root / "deployment.json"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.root / "deployments"
+
+    @property
+    def ratelimit_file(self) -> Path:
+        return self.root / "ratelimit.json"
+
+    @property
+    def key_usage_file(self) -> Path:
+        return self.root / "key-usage.json"
+
+    @property
+    def traces_db(self) -> Path:
+        return self.root / "traces.db"
+
+    @property
+    def queue_db(self) -> Path:
+        return self.root / "queue.db"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+    # -- folder ------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create .flux/ (mode 0700) with its own .gitignore; idempotent."""
+        try:
+            self.root.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            os.chmod(self.root, PRIVATE_DIR)
+            ignore = self.root / ".gitignore"
+            if not ignore.exists():
+                atomic_write_bytes(ignore, GITIGNORE.encode(), mode=0o644)
+        except OSError as exc:
+            problem = f"cannot create state folder: {exc.strerror}"
+            raise StateError(str(self.root), problem) from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the project's advisory write lock (blocking; held for milliseconds)."""
+        self.ensure()
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._remove_stale_temp_files()
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _remove_stale_temp_files(self) -> None:
+        # A writer killed between mkstemp and rename leaves a temp file behind. Files written
+        # under the lock can only be someone's live temp file while they hold the lock, which
+        # we now do: whatever is left is garbage.
+        for name in LOCKED_FILES:
+            for stale in self.root.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+    # -- files -------------------------------------------------------------------------------
+    def read_json(self, path: Path, default: Any = None) -> Any:
+        """Parsed content of ``path``, ``default`` if it does not exist; StateError if corrupt."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return default
+        except OSError as exc:
+            raise StateError(str(path), f"cannot read: {exc.strerror}") from None
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateError(
+                str(path),
+                f"is corrupt ({exc}); it was left untouched: fix or remove it by hand",
+            ) from None
+
+    def write_json(self, path: Path, data: Any, *, mode: int = PRIVATE_FILE) -> None:
+        self.ensure()
+        payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            atomic_write_bytes(path, payload, mode=mode)
+        except OSError as exc:
+            raise StateError(str(path), f"cannot write: {exc.strerror}") from None
+
+
+def atomic_write_bytes(path: Path, payload: bytes, *, mode: int = PRIVATE_FILE) -> None:
+    """Replace ``path`` with ``payload`` so that a crash leaves the old or the new content."""
+    folder = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, mode)  # before any byte lands: a secret is never world-readable
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the directory entry itself is data)."""
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """A cheap change marker: (mtime_ns, size, inode). The inode changes on every atomic
+    rename, so even two writes within one mtime tick are told apart."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def new_project_id() -> str:
+    return secrets.token_hex(12)

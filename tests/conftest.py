@@ -1,0 +1,117 @@
+"""Shared fixtures: build projects, run the real `flux` command, start a real gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FLUX = str(Path(sys.executable).with_name("flux"))
+READY = re.compile(r"serving .* at (http://\S+)")
+
+
+def write_function(
+    project: Path, name: str, code: str, *, runtime: str = "python", **config: object
+) -> Path:
+    """Create functions/<name>/ with a flux.json and its entry file."""
+    entry = {"python": "main.py", "node": "index.js", "deno": "index.ts"}[runtime]
+    folder = project / "functions" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flux.json").write_text(json.dumps({"name": name, "runtime": runtime, **config}))
+    (folder / entry).write_text(code)
+    return folder
+
+
+def flux(project: Path | None, *args: str, check: bool = True, timeout: float = 60,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `flux` command."""
+    command = [FLUX, *(("--project", str(project)) if project else ()), *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+class RunningGateway:
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+        self.output: list[str] = []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            kill_group(self.process)
+
+
+def kill_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serve(project: Path, *args: str, command: str = "serve",
+          env: dict[str, str] | None = None) -> Iterator[RunningGateway]:
+    """Start `flux serve --port 0` (its own process group) and wait for its ready line."""
+    process = subprocess.Popen(
+        [FLUX, "--project", str(project), command, "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, **(env or {})},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    url = None
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = READY.search(line)
+        if match:
+            url = match.group(1)
+            break
+    if url is None:
+        kill_group(process)
+        process.wait()
+        raise AssertionError("gateway did not start:\n" + "".join(lines))
+    gateway = RunningGateway(process, url)
+    gateway.output = lines
+    # Keep draining its output so a chatty gateway never blocks on a full pipe.
+    import threading
+
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    try:
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(process)
+        process.wait()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project folder (functions/ exists)."""
+    root = tmp_path / "proj"
+    (root / "functions").mkdir(parents=True)
+    return root
