@@ -1,4 +1,5 @@
-from fluxgw.cli import main
 import sys
+
+from fluxgw.cli import main
 
 sys.exit(main())

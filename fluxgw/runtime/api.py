@@ -28,16 +28,18 @@ class Invocation:
     method: str
     path: str
     deadline: float  # epoch seconds (time.time()); the pool also caps it at spec.timeout
+    function: str = ""  # informational; the pool uses the FunctionSpec's name
+    url: str = ""  # full URL as the caller used it (scheme://host/path?query); "" = build one
+    query_string: str = ""  # raw query (after "?"); decoded into pairs when ``query`` is empty
     query: tuple[tuple[str, str], ...] = ()  # decoded pairs, in order, repeats kept
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names; no Authorization
     body: bytes = b""
     traceparent: str | None = None
-    url: str = ""  # full URL as the caller used it (scheme://host/path?query); "" = build one
 
 
 @attrs.frozen
 class InvocationResult:
-    """What the function answered."""
+    """What the function answered, and where the time went."""
 
     status: int
     headers: tuple[tuple[str, str], ...]  # repeated names (Set-Cookie) stay separate pairs
@@ -45,8 +47,9 @@ class InvocationResult:
     logs: tuple[LogLine, ...] = ()
     worker_pid: int = 0
     cold_start: bool = False  # True when this invocation had to start its worker
-    duration_ms: float = 0.0  # handler time, excluding any wait for a worker or cold start
-    startup_ms: float = 0.0  # cold start time (spawn to ready), 0 when warm
+    queued_ms: float = 0.0  # waiting for a free worker slot (max_workers busy)
+    startup_ms: float = 0.0  # cold start (spawn to ready), 0 when warm
+    run_ms: float = 0.0  # the call itself: request frame out to answer in
 
 
 class FunctionFailed(Exception):

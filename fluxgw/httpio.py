@@ -1,0 +1,76 @@
+"""Small ASGI helpers: header access, bounded body reading, sending a whole response."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .errors import HttpError
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[str, str]]
+
+MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
+# Set by the gateway or meaningless across a proxy: never copied from a function's response.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+    "proxy-authenticate", "proxy-authorization", "content-length", "x-request-id",
+})
+
+
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case name -> value; repeated names are joined with ', ' (RFC 9110 §5.3)."""
+    headers: dict[str, str] = {}
+    for name_b, value_b in raw:
+        name = name_b.decode("latin-1").lower()
+        value = value_b.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+async def read_body(receive: Receive, declared_length: str | None, limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``:
+    from Content-Length before reading anything, else while streaming, never buffering more
+    than ``limit`` bytes."""
+    if declared_length is not None:
+        try:
+            declared = int(declared_length)
+        except ValueError:
+            raise HttpError(400, "bad_request", "Content-Length is not a number") from None
+        if declared > limit:
+            raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HttpError(499, "client_closed", "the client went away")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(
+        413, "payload_too_large", f"request body is larger than {limit // (1024 * 1024)} MiB"
+    )
+
+
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"error": code, "message": message, "request_id": request_id}, separators=(",", ":")
+    ).encode()
+
+
+async def send_response(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,89 @@
+"""The gateway's live view of the project: keys, settings and routes, swapped atomically.
+
+A request reads one :class:`LiveState` reference at its start and uses it to the end, so a
+reload mid-request never mixes two versions. :class:`LiveLoader` notices changes with a stat
+of three small files (fingerprint: mtime, size, inode), and parses them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .cors import CorsPolicy
+from .deploy import Deployment, load_deployment
+from .errors import StateError
+from .keyfile import load_records
+from .keys import KeyStore, KeyStoreError
+from .ratelimit import PLANS, Plan
+from .routing import RouteTable
+from .settings import ProjectSettings, load_settings
+from .state import Fingerprint, StateDir, fingerprint
+
+
+@attrs.frozen
+class LiveState:
+    settings: ProjectSettings
+    plan: Plan
+    cors: CorsPolicy
+    keys: KeyStore
+    deployment: Deployment
+    routes: RouteTable
+
+
+@attrs.frozen
+class Fingerprints:
+    settings: Fingerprint
+    keys: Fingerprint
+    deployment: Fingerprint
+
+
+class LiveLoader:
+    """Loads LiveState from .flux/, reusing the parts whose file did not change."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self.seen: Fingerprints | None = None
+        self.current: LiveState | None = None
+
+    def fingerprints(self) -> Fingerprints:
+        return Fingerprints(
+            settings=fingerprint(self.state.settings_file),
+            keys=fingerprint(self.state.keys_file),
+            deployment=fingerprint(self.state.deployment_file),
+        )
+
+    def changed(self) -> bool:
+        return self.fingerprints() != self.seen
+
+    def load(self) -> LiveState:
+        """Blocking (file reads): call from a thread when the event loop is running.
+
+        Raises StateError if a file is corrupt: the caller keeps the previous LiveState.
+        """
+        marks = self.fingerprints()
+        old, previous = self.current, self.seen
+        settings = load_settings(self.state, create=True)
+        if old is None or previous is None or marks.keys != previous.keys or (
+            settings.project_id != old.settings.project_id
+        ):
+            try:
+                keys = KeyStore(settings.project_id, load_records(self.state))
+            except KeyStoreError as exc:  # e.g. two active keys with one name, edited by hand
+                raise StateError(str(self.state.keys_file), f"{exc}; left untouched") from None
+        else:
+            keys = old.keys
+        if old is None or previous is None or marks.deployment != previous.deployment:
+            deployment = load_deployment(self.state)
+            routes = RouteTable(deployment.functions)
+        else:
+            deployment, routes = old.deployment, old.routes
+        live = LiveState(
+            settings=settings,
+            plan=PLANS[settings.plan],
+            cors=CorsPolicy(allowed_origins=settings.cors_origins),
+            keys=keys,
+            deployment=deployment,
+            routes=routes,
+        )
+        self.current, self.seen = live, marks
+        return live

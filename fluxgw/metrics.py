@@ -1,0 +1,156 @@
+"""Request metrics in memory, exposed in the Prometheus text format (version 0.0.4).
+
+A pure registry: the gateway calls :meth:`Metrics.observe_request` once per response (the hot
+path, so it is a couple of dict lookups and an in-place increment) and :meth:`Metrics.render`
+when ``/_flux/metrics`` is scraped. Gauges that live elsewhere (worker pools, the queue, the
+trace writer) are passed to ``render`` as plain values rather than pulled from those objects,
+so this module depends on nothing and is tested without a gateway.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping
+
+# Request latency buckets in seconds: 5 ms (a warm python worker) up to 10 s; the top bucket
+# sits below the 30 s function timeout so slow-but-successful calls are still told apart
+# from +Inf (timeouts and near-timeouts).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as the text format wants it: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    # HELP text escapes backslash and newline only (quotes are literal there).
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+    return "{" + inner + "}" if inner else ""
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+class _Histogram:
+    """One label set's histogram: per-bucket counts (not cumulative: one increment per
+    observation), summed into cumulative counts only when rendered."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)  # the last slot is the +Inf overflow
+        self.sum = 0.0
+
+
+class Metrics:
+    """Counters and histograms for the gateway's requests; not thread-safe (one trio loop)."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        if list(buckets) != sorted(set(buckets)):
+            raise ValueError("histogram buckets must be strictly increasing")
+        self._buckets = buckets
+        self._requests: dict[tuple[str, int], int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._rate_limited = 0
+
+    def observe_request(self, function: str | None, status: int, duration_s: float) -> None:
+        """Count one answered request and its duration; ``function`` is None when the request
+        never reached one (401, 404, 429...)."""
+        name = function or ""
+        key = (name, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        histogram = self._durations.get(name)
+        if histogram is None:
+            histogram = self._durations[name] = _Histogram(len(self._buckets))
+        # bisect_left: an observation equal to a bound belongs to that bucket (le = "<=").
+        histogram.counts[bisect.bisect_left(self._buckets, duration_s)] += 1
+        histogram.sum += duration_s
+
+    def count_rate_limited(self) -> None:
+        """Count one request refused with 429."""
+        self._rate_limited += 1
+
+    def render(
+        self,
+        *,
+        workers: Mapping[str, Mapping[str, int]],
+        queue_depth: int,
+        trace_backlog: int,
+        trace_dropped: int,
+    ) -> str:
+        """The whole exposition: HELP/TYPE lines, then samples, one metric family at a time.
+
+        ``workers`` maps a function name to its worker counts by state ("busy", "idle").
+        """
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {_escape_help(help_text)}")
+            out.append(f"# TYPE {name} {kind}")
+
+        family("flux_requests_total", "counter", "Requests answered, by function and status.")
+        for (function, status), count in sorted(self._requests.items()):
+            labels = _labels((("function", function), ("status", str(status))))
+            out.append(f"flux_requests_total{labels} {count}")
+
+        family(
+            "flux_request_duration_seconds",
+            "histogram",
+            "Time from request received to response sent, by function.",
+        )
+        bounds = [*(_number(b) for b in self._buckets), "+Inf"]
+        for function, histogram in sorted(self._durations.items()):
+            running = 0
+            for bound, count in zip(bounds, histogram.counts, strict=True):
+                running += count
+                labels = _labels((("function", function), ("le", bound)))
+                out.append(f"flux_request_duration_seconds_bucket{labels} {running}")
+            labels = _labels((("function", function),))
+            out.append(f"flux_request_duration_seconds_sum{labels} {_number(histogram.sum)}")
+            out.append(f"flux_request_duration_seconds_count{labels} {running}")
+
+        family("flux_rate_limited_total", "counter", "Requests refused with 429.")
+        out.append(f"flux_rate_limited_total {self._rate_limited}")
+
+        family("flux_workers", "gauge", "Worker processes, by function and state.")
+        for function, states in sorted(workers.items()):
+            for state, count in sorted(states.items()):
+                labels = _labels((("function", function), ("state", state)))
+                out.append(f"flux_workers{labels} {count}")
+
+        family("flux_queue_depth", "gauge", "Async invocations queued or running.")
+        out.append(f"flux_queue_depth {queue_depth}")
+        family("flux_trace_writer_backlog", "gauge", "Traces recorded but not yet written to disk.")
+        out.append(f"flux_trace_writer_backlog {trace_backlog}")
+        family(
+            "flux_traces_dropped_total",
+            "counter",
+            "Traces dropped because the writer fell behind or failed.",
+        )
+        out.append(f"flux_traces_dropped_total {trace_dropped}")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,569 @@
+"""Durable queue for async invocations (SPEC §5).
+
+An async function's request is written to SQLite and committed (``synchronous=FULL``: on disk,
+not just in the OS cache) before the gateway answers ``202``. A dispatcher task claims due jobs,
+runs them through the same runtime pool as synchronous requests, and stores the result.
+
+Delivery guarantee: **at least once**. A job is marked ``running`` before it is invoked and
+``succeeded`` after; if the gateway stops or crashes in between, the job goes back to
+``queued`` when the dispatcher next starts and runs again. A function may therefore see the
+same request id twice and should be idempotent on it. A job is never lost once ``enqueue``
+returned. An attempt interrupted by a gateway stop does not count against ``max_attempts``.
+
+Failures a retry may cure (502, 504) are retried with exponential backoff and jitter, up to
+``max_attempts`` in all; then the job is kept as ``failed`` with the last error. A function
+that was removed by a redeploy fails at once (:class:`UnknownFunction`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from .errors import HttpError, StateError
+from .runtime.api import FunctionFailed, Invocation, InvocationResult
+from .tracestore import prepare_db_file
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+Invoke = Callable[[str, Invocation], Awaitable[InvocationResult]]
+OnEvent = Callable[["Job", str, dict[str, Any]], None]
+
+POLL_INTERVAL = 0.5  # how often due retries are looked for when nothing else wakes us
+REQUEUE_TIMEOUT = 2.0  # shielded write on cancellation: put in-flight jobs back
+PRUNE_EVERY = 60.0  # seconds between deletions of old finished jobs
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    request_id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    invocation TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    next_run_at REAL NOT NULL,
+    result_status INTEGER,
+    result_headers TEXT,
+    result_body BLOB,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_run_at);
+"""
+
+
+class UnknownFunction(Exception):
+    """Raised by the dispatcher's ``invoke`` when the job's function is no longer deployed;
+    the job fails at once, without retries."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__(f"function {function!r} is no longer deployed")
+        self.function = function
+
+
+@attrs.frozen
+class Job:
+    """One async invocation and where it stands."""
+
+    request_id: str
+    function: str
+    invocation: Invocation
+    attempts: int
+    max_attempts: int
+    state: JobState
+    next_run_at: float
+    result_status: int | None
+    result_headers: tuple[tuple[str, str], ...] | None
+    result_body: bytes | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+def _invocation_json(invocation: Invocation) -> str:
+    fields = attrs.asdict(invocation, recurse=False)
+    del fields["body"]  # stored as a BLOB column, not base64 in JSON
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _tuples(value: Any) -> Any:
+    # JSON turns the header and query pairs into lists; Invocation holds tuples.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    known = {f.name for f in attrs.fields(Invocation)}
+    fields = {k: _tuples(v) for k, v in json.loads(row["invocation"]).items() if k in known}
+    headers = row["result_headers"]
+    return Job(
+        request_id=row["request_id"],
+        function=row["function"],
+        invocation=Invocation(**fields, body=bytes(row["body"])),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        state=row["state"],
+        next_run_at=row["next_run_at"],
+        result_status=row["result_status"],
+        result_headers=_tuples(json.loads(headers)) if headers is not None else None,
+        result_body=bytes(row["result_body"]) if row["result_body"] is not None else None,
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    prepare_db_file(db_path)
+    conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: a commit is on disk when it returns, so a 202 survives a power cut.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+class JobQueue:
+    """Async invocations in a SQLite file, and the dispatcher that runs them."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 3,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        poll_interval: float = POLL_INTERVAL,
+        rng: random.Random | None = None,
+        keep_finished_s: float = 7 * 86400,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.db_path = Path(db_path)
+        self._clock = clock
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.poll_interval = poll_interval
+        self.keep_finished_s = keep_finished_s  # results stay readable this long, like traces
+        self._rng = rng or random.Random()
+        # One writer connection shared by worker threads; the lock serialises them.
+        self._lock = threading.Lock()
+        try:
+            self._conn = _connect(self.db_path)  # start-up, not the request path
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(str(self.db_path), f"cannot open the queue: {exc}") from exc
+        (self._depth,) = self._conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"
+        ).fetchone()
+        self._wake = trio.Event()
+
+    # -- producer (request path) ----------------------------------------------------------
+
+    async def enqueue(self, invocation: Invocation, function: str) -> None:
+        """Store the invocation as a queued job; committed to disk when this returns.
+
+        Raises :class:`HttpError` 503 when it cannot be stored: the caller must not get a 202.
+        """
+        now = self._clock()
+        row = (
+            invocation.request_id,
+            function,
+            _invocation_json(invocation),
+            invocation.body,
+            self.max_attempts,
+            now,
+            now,
+            now,
+        )
+        try:
+            await trio.to_thread.run_sync(self._insert, row)
+        except sqlite3.Error as exc:
+            log.exception("queue: could not store %s", invocation.request_id)
+            raise HttpError(
+                503, "queue_unavailable", "the invocation could not be queued; try again"
+            ) from exc
+        self._depth += 1
+        self._wake.set()
+
+    def _insert(self, row: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO jobs (request_id, function, invocation, body, attempts, "
+                "max_attempts, state, next_run_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 0, ?, 'queued', ?, ?, ?)",
+                row,
+            )
+
+    def depth(self) -> int:
+        """Jobs queued or running (kept in memory: cheap enough for every metrics scrape)."""
+        return self._depth
+
+    # -- readers --------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> Job | None:
+        """The job for that request id, or None; opens its own connection (sync)."""
+        if not self.db_path.exists():
+            return None
+        conn = sqlite3.connect(self.db_path)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            row = conn.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        finally:
+            conn.close()
+        return _job_from_row(row) if row is not None else None
+
+    async def fetch(self, request_id: str) -> Job | None:
+        """:meth:`get` in a thread, for use on the event loop (``GET /_flux/invocations/ID``)."""
+        return await trio.to_thread.run_sync(self.get, request_id)
+
+    # -- dispatcher -----------------------------------------------------------------------
+
+    async def run_dispatcher(
+        self,
+        invoke: Invoke,
+        *,
+        concurrency: int = 4,
+        on_event: OnEvent | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run due jobs, at most ``concurrency`` at a time, until cancelled.
+
+        ``invoke(function, invocation)`` runs one attempt; the invocation's ``deadline`` is the
+        one stored at enqueue time, so ``invoke`` must set a fresh one; it raises
+        :class:`UnknownFunction` for a function no longer deployed (no retries), or
+        ``FunctionFailed`` (retried).
+
+        ``on_event(job, event, data)`` is told, after each change is committed, of
+        ``running`` (``wait_ms``), ``succeeded`` (``status``, ``duration_ms``, ``result``),
+        ``retry`` (``status``, ``error``, ``delay_s``, ``duration_ms``, ``exception``) and
+        ``failed`` (the same, without ``delay_s``); every ``data`` also has ``at`` (epoch),
+        ``attempt``, ``max_attempts`` and ``function``. Passing them on as
+        ``TraceStore.update_async_state(job.request_id, event, data)`` fills the trace.
+        """
+        requeued = await trio.to_thread.run_sync(self._recover)
+        if requeued:
+            log.warning("queue: %d job(s) interrupted by a stop were queued again", requeued)
+        emit = _safe(on_event)
+        active = 0
+        next_prune = trio.current_time()
+
+        async def run_one(job: Job, waited: float) -> None:
+            nonlocal active
+            try:
+                await self._attempt(job, waited, invoke, emit)
+            except sqlite3.Error:
+                # The job stays "running" on disk and is re-queued at the next start.
+                log.exception("queue: could not record the outcome of %s", job.request_id)
+            finally:
+                active -= 1
+                self._wake.set()  # a slot is free
+
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                # Reset before claiming: an enqueue during the claim sets the new event.
+                self._wake = trio.Event()
+                if active < concurrency:
+                    try:
+                        claimed = await trio.to_thread.run_sync(
+                            self._claim, concurrency - active, self._clock()
+                        )
+                    except sqlite3.Error:
+                        log.exception("queue: could not claim jobs; trying again")
+                        claimed = []
+                    for job, waited in claimed:
+                        active += 1
+                        nursery.start_soon(run_one, job, waited)
+                if trio.current_time() >= next_prune:
+                    next_prune = trio.current_time() + PRUNE_EVERY
+                    try:
+                        await trio.to_thread.run_sync(self.prune, self._clock())
+                    except sqlite3.Error:
+                        log.exception("queue: could not prune finished jobs")
+                with trio.move_on_after(self.poll_interval):
+                    await self._wake.wait()
+
+    async def _attempt(self, job: Job, waited: float, invoke: Invoke, emit: OnEvent) -> None:
+        emit(job, "running", {**_about(job, job.updated_at), "wait_ms": waited * 1000})
+        started = self._clock()
+        try:
+            try:
+                result = await invoke(job.function, job.invocation)
+            except UnknownFunction as exc:
+                await self._finish_failed(job, str(exc), None, started, emit, exc)
+            except FunctionFailed as exc:
+                error = f"{exc.code}: {exc.message}"
+                await self._retry_or_fail(job, error, exc.status, started, emit, exc)
+            except Exception as exc:
+                # A bug on our side must not stop the dispatcher; the job may still succeed.
+                log.exception("queue: invoking %s for %s failed", job.function, job.request_id)
+                error = f"internal error: {exc!r}"
+                await self._retry_or_fail(job, error, None, started, emit, exc)
+            else:
+                await self._finish_succeeded(job, result, started, emit)
+        except trio.Cancelled:
+            with trio.move_on_after(REQUEUE_TIMEOUT) as scope:
+                scope.shield = True
+                await trio.to_thread.run_sync(self._requeue_interrupted, job.request_id)
+            raise
+
+    async def _finish_succeeded(
+        self, job: Job, result: InvocationResult, started: float, emit: OnEvent
+    ) -> None:
+        now = self._clock()
+        await trio.to_thread.run_sync(
+            self._update,
+            job.request_id,
+            "UPDATE jobs SET state = 'succeeded', result_status = ?, result_headers = ?, "
+            "result_body = ?, error = NULL, updated_at = ? WHERE request_id = ?",
+            (result.status, json.dumps(result.headers), result.body, now),
+        )
+        self._depth -= 1
+        done = attrs.evolve(
+            job,
+            state="succeeded",
+            result_status=result.status,
+            result_headers=result.headers,
+            result_body=result.body,
+            error=None,
+            updated_at=now,
+        )
+        emit(
+            done,
+            "succeeded",
+            {
+                **_about(job, now),
+                "status": result.status,
+                "duration_ms": (now - started) * 1000,
+                "result": result,
+            },
+        )
+
+    async def _retry_or_fail(
+        self,
+        job: Job,
+        error: str,
+        status: int | None,
+        started: float,
+        emit: OnEvent,
+        exc: BaseException,
+    ) -> None:
+        if job.attempts >= job.max_attempts:
+            error = f"{error} (gave up after {job.attempts} attempts)"
+            await self._finish_failed(job, error, status, started, emit, exc)
+            return
+        now = self._clock()
+        delay = self.backoff(job.attempts)
+        await trio.to_thread.run_sync(
+            self._update,
+            job.request_id,
+            "UPDATE jobs SET state = 'queued', next_run_at = ?, error = ?, updated_at = ? "
+            "WHERE request_id = ?",
+            (now + delay, error, now),
+        )
+        again = attrs.evolve(
+            job, state="queued", next_run_at=now + delay, error=error, updated_at=now
+        )
+        emit(
+            again,
+            "retry",
+            {
+                **_about(job, now),
+                "status": status,
+                "error": error,
+                "delay_s": delay,
+                "duration_ms": (now - started) * 1000,
+                "exception": exc,
+            },
+        )
+
+    async def _finish_failed(
+        self,
+        job: Job,
+        error: str,
+        status: int | None,
+        started: float,
+        emit: OnEvent,
+        exc: BaseException,
+    ) -> None:
+        now = self._clock()
+        await trio.to_thread.run_sync(
+            self._update,
+            job.request_id,
+            "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE request_id = ?",
+            (error, now),
+        )
+        self._depth -= 1
+        done = attrs.evolve(job, state="failed", error=error, updated_at=now)
+        emit(
+            done,
+            "failed",
+            {
+                **_about(job, now),
+                "status": status,
+                "error": error,
+                "duration_ms": (now - started) * 1000,
+                "exception": exc,
+            },
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure: ``base * 2**(attempts-1)``,
+        capped at ``backoff_max``, then scaled by a random factor in [0.5, 1] so jobs that
+        failed together do not all retry in the same instant."""
+        exponent = min(attempts - 1, 62)  # keep 2**n finite before the cap applies
+        delay = min(self.backoff_max, self.backoff_base * math.pow(2, exponent))
+        return delay * (0.5 + 0.5 * self._rng.random())
+
+    # -- sqlite, in worker threads --------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        """Delete succeeded and failed jobs finished more than ``keep_finished_s`` ago, so the
+        file does not grow without end; returns how many."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM jobs WHERE state IN ('succeeded', 'failed') AND updated_at < ?",
+                (now - self.keep_finished_s,),
+            )
+            return cursor.rowcount
+
+    def _recover(self) -> int:
+        """Jobs left ``running`` by a stopped gateway go back to ``queued`` (at least once);
+        the interrupted attempt is not counted."""
+        now = self._clock()
+        with self._lock:
+            cursor = self._conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                "next_run_at = ?, updated_at = ? WHERE state = 'running'",
+                (now, now),
+            )
+            return cursor.rowcount
+
+    def _claim(self, limit: int, now: float) -> list[tuple[Job, float]]:
+        """Atomically mark up to ``limit`` due jobs ``running`` (attempts + 1); each job is
+        returned with the seconds it waited since it was (re)queued."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' AND next_run_at <= ? "
+                "ORDER BY next_run_at, created_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            self._conn.executemany(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? "
+                "WHERE request_id = ?",
+                [(now, row["request_id"]) for row in rows],
+            )
+        claimed = []
+        for row in rows:
+            job = _job_from_row(row)
+            waited = max(0.0, now - job.updated_at)  # since it was queued or re-queued
+            claimed.append(
+                (
+                    attrs.evolve(job, state="running", attempts=job.attempts + 1, updated_at=now),
+                    waited,
+                )
+            )
+        return claimed
+
+    def _update(self, request_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._conn.execute(sql, (*params, request_id))
+
+    def _requeue_interrupted(self, request_id: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self._conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                "updated_at = ? WHERE request_id = ? AND state = 'running'",
+                (now, request_id),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _about(job: Job, at: float) -> dict[str, Any]:
+    # What every event's data starts with: enough for a trace without the Job object.
+    return {
+        "at": at,
+        "attempt": job.attempts,
+        "max_attempts": job.max_attempts,
+        "function": job.function,
+    }
+
+
+def _safe(on_event: OnEvent | None) -> OnEvent:
+    """``on_event`` guarded: a failing listener (tracing) must not stop the dispatcher."""
+
+    def emit(job: Job, event: str, data: dict[str, Any]) -> None:
+        if on_event is None:
+            return
+        try:
+            on_event(job, event, data)
+        except Exception:
+            log.exception("queue: on_event(%r) failed for %s", event, job.request_id)
+
+    return emit
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """The job as ``GET /_flux/invocations/ID`` shows it; times are epoch seconds."""
+    result = None
+    if job.result_status is not None:
+        result = {"status": job.result_status, "headers": {}, "body": None}
+        headers = job.result_headers or ()
+        merged: dict[str, str] = {}
+        for name, value in headers:
+            # Repeated fields are combined the HTTP way (RFC 9110 §5.3).
+            merged[name] = f"{merged[name]}, {value}" if name in merged else value
+        result["headers"] = merged
+        result.update(_body_json(job.result_body or b"", merged.get("content-type", "")))
+    out: dict[str, Any] = {
+        "request_id": job.request_id,
+        "function": job.function,
+        "status": job.state,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "result": result,
+        "error": job.error,
+    }
+    if job.state == "queued" and job.attempts > 0:
+        out["next_attempt_at"] = job.next_run_at
+    return out
+
+
+def _body_json(body: bytes, content_type: str) -> dict[str, Any]:
+    """The body as JSON when it is JSON, as text when it is UTF-8, else base64."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            return {"body": json.loads(body)}
+        except (ValueError, UnicodeDecodeError):
+            pass  # mislabelled: fall back to text or base64 below
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}

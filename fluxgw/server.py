@@ -1,0 +1,121 @@
+"""hypercorn + trio: start the gateway, handle signals, stop gracefully.
+
+Shape of a run: one root nursery holds the gateway's background tasks and hypercorn. SIGINT or
+SIGTERM sets a shutdown event: hypercorn stops accepting, lets requests in flight finish (up to
+``grace_period``), then the background tasks are cancelled, which saves limiter state and stops
+every worker process group. Exit code 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .errors import FluxError
+from .gateway import Gateway, GatewayOptions
+from .state import StateDir
+
+log = logging.getLogger("fluxgw.server")
+
+
+@attrs.frozen
+class ServerConfig:
+    project_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 4000
+    dev: bool = False
+    tracing: bool = True
+    grace_period: float = 10.0
+    access_log: bool = False
+
+
+def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = grace_period
+    config.keep_alive_timeout = 75  # longer than common client pools' idle timeouts
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve_gateway(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    grace_period: float = 10.0,
+    shutdown: trio.Event,
+    on_ready: Callable[[list[str]], None] | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
+    config = hypercorn_config(host, port, grace_period)
+    async with trio.open_nursery() as background:
+        await background.start(gateway.run)
+        async with trio.open_nursery() as http:
+            binds = await http.start(
+                functools.partial(serve, gateway, config, shutdown_trigger=shutdown.wait)
+            )
+            if on_ready:
+                on_ready(binds)
+            task_status.started(binds)
+        # hypercorn has returned: requests in flight finished (or the grace period ran out).
+        background.cancel_scope.cancel()
+
+
+async def _main(config: ServerConfig) -> None:
+    state = StateDir(config.project_dir)
+    gateway = Gateway(state, GatewayOptions(tracing=config.tracing, prewarm=config.dev))
+    await trio.to_thread.run_sync(gateway.load)
+    shutdown = trio.Event()
+
+    def ready(binds: list[str]) -> None:
+        url = binds[0] if binds else f"http://{config.host}:{config.port}"
+        print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown)
+        if config.dev:
+            from .devreload import watch_and_redeploy
+
+            nursery.start_soon(watch_and_redeploy, state, gateway, shutdown)
+        await serve_gateway(
+            gateway, config.host, config.port, grace_period=config.grace_period,
+            shutdown=shutdown, on_ready=ready,
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                continue
+            print(f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
+                  file=sys.stderr, flush=True)
+            shutdown.set()
+
+
+def run_server(config: ServerConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    failure: OSError | None = None
+    try:
+        trio.run(_main, config)
+    except* OSError as group:
+        failure = group.exceptions[0]  # type: ignore[assignment]
+    if failure is not None:
+        where = f"{config.host}:{config.port}"
+        raise FluxError(f"cannot listen on {where}: {failure.strerror or failure}")
+    print("Stopped.", file=sys.stderr, flush=True)
+    return 0

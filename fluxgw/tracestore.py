@@ -1,0 +1,422 @@
+"""The trace store: traces buffered in memory, written to SQLite by one background task.
+
+The request path only calls :meth:`TraceStore.record`, a deque append: it never waits for
+disk. :meth:`TraceStore.run` wakes every ``flush_interval`` (100 ms) and writes what piled up
+in one transaction, in a worker thread, so a trace is readable by ``flux trace`` well within
+SPEC §4.5's one second. If the disk cannot keep up the buffer is bounded: the oldest pending
+traces are dropped and counted (``flux_traces_dropped_total``) rather than growing without end.
+
+Layout: one ``traces`` row per request (spans and logs as JSON columns), plus a
+``trace_events`` table for what the queue adds later to an async request (spans, log lines,
+state). Appending events, instead of rewriting the trace row, means the order in which the
+gateway's record and the dispatcher's events reach the writer does not matter.
+
+Readers (the CLI) open their own connection; WAL mode lets them read while a gateway writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from .errors import StateError
+from .runtime.api import LogLine
+from .tracing import (
+    AmbiguousPrefix,
+    Span,
+    TraceNotFound,
+    TracePrefixTooShort,
+    TraceRecord,
+    log_from_json,
+    log_to_json,
+    queue_event_trace,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_PREFIX = 6
+MAX_PENDING = 50_000  # ~ a few seconds of a very busy gateway; past it the oldest are dropped
+RETENTION_EVERY = 50  # flushes between retention passes (~5 s at 100 ms)
+ORPHAN_GRACE_S = 300.0  # events may reach the disk before their trace row; keep them a while
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+MAX_CANDIDATES = 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    request_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    function TEXT,
+    key_name TEXT,
+    client_request_id TEXT,
+    traceparent_in TEXT,
+    trace_id TEXT NOT NULL,
+    async_state TEXT,
+    spans TEXT NOT NULL,
+    logs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_started_at ON traces (started_at);
+CREATE TABLE IF NOT EXISTS trace_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    async_state TEXT,
+    spans TEXT NOT NULL,
+    logs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trace_events_request_id ON trace_events (request_id, id);
+"""
+
+_COLUMNS = (
+    "request_id, started_at, method, path, status, duration_ms, function, key_name, "
+    "client_request_id, traceparent_in, trace_id, async_state"
+)
+# What readers select from "traces t": the latest state an event set wins over the state
+# recorded with the trace row.
+_SELECT = (
+    "t.request_id, t.started_at, t.method, t.path, t.status, t.duration_ms, t.function, "
+    "t.key_name, t.client_request_id, t.traceparent_in, t.trace_id, "
+    "COALESCE((SELECT e.async_state FROM trace_events e WHERE e.request_id = t.request_id "
+    "AND e.async_state IS NOT NULL ORDER BY e.id DESC LIMIT 1), t.async_state)"
+)
+
+
+@attrs.frozen
+class _Event:
+    """Spans, log lines or a new state added to an existing trace (async invocations)."""
+
+    request_id: str
+    at: float
+    async_state: str | None
+    spans: tuple[Span, ...]
+    logs: tuple[LogLine, ...]
+
+
+def prepare_db_file(db_path: Path) -> None:
+    """Create the database file (and its folder) with mode 0600 if missing; tighten it if not.
+
+    Created here rather than by SQLite so it is private from the first byte; SQLite gives its
+    -wal and -shm files the database file's permissions.
+    """
+    if not db_path.exists():
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(db_path, 0o600)
+
+
+def connect(db_path: Path, *, create: bool) -> sqlite3.Connection | None:
+    """A connection in WAL mode with a busy timeout, the schema in place.
+
+    ``create=False`` (readers) returns None when there is no database yet, instead of
+    creating an empty one as a side effect of ``flux trace``.
+    """
+    if create:
+        prepare_db_file(db_path)
+    elif not db_path.exists():
+        return None
+    conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if create:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # traces are diagnostics: no fsync per batch
+        conn.executescript(_SCHEMA)
+    return conn
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class TraceStore:
+    """Traces of recent requests, file-backed, written off the event loop."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        max_traces: int = 10_000,
+        max_age_s: float = 7 * 86400,
+        flush_interval: float = 0.1,
+        batch_size: int = 500,
+        enabled: bool = True,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.max_traces = max_traces
+        self.max_age_s = max_age_s
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.enabled = enabled
+        self._max_pending = max_pending
+        self._clock = clock
+        self._pending: collections.deque[TraceRecord | _Event] = collections.deque()
+        self._writing = 0  # items taken from _pending and being written right now
+        self._dropped = 0
+        self._conn: sqlite3.Connection | None = None
+        self._flushes = 0
+
+    # -- request path ---------------------------------------------------------------------
+
+    def record(self, trace: TraceRecord) -> None:
+        """Queue one finished request's trace for writing; O(1), never blocks."""
+        if self.enabled:
+            self._push(trace)
+
+    def update_async_state(
+        self,
+        request_id: str,
+        state: str | None,
+        details: Mapping[str, Any] | None = None,
+        *,
+        spans: Sequence[Span] = (),
+        logs: Sequence[LogLine] = (),
+    ) -> None:
+        """Add a new async state and/or spans and log lines to a trace already recorded.
+
+        With ``details``, ``state`` is a dispatcher event and ``details`` its data, as given
+        to the queue's ``on_event``: they are turned into the state, queue/runtime/function
+        spans and log lines by :func:`~fluxgw.tracing.queue_event_trace`. O(1), never blocks.
+        """
+        if not self.enabled:
+            return
+        if details is not None:
+            state, more_spans, more_logs = queue_event_trace(state or "", details)
+            spans, logs = [*spans, *more_spans], [*logs, *more_logs]
+        self._push(_Event(request_id, self._clock(), state, tuple(spans), tuple(logs)))
+
+    def _push(self, item: TraceRecord | _Event) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._dropped += 1
+        self._pending.append(item)
+
+    @property
+    def backlog(self) -> int:
+        """Traces and events recorded but not yet committed."""
+        return len(self._pending) + self._writing
+
+    @property
+    def dropped(self) -> int:
+        """Traces and events lost because the writer fell behind or the disk failed."""
+        return self._dropped
+
+    # -- background writer ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write buffered traces every ``flush_interval`` until cancelled, then flush the rest.
+
+        The final flush runs shielded, with a timeout, so a stopping gateway keeps the traces
+        of its last requests without hanging on a stuck disk.
+        """
+        if not self.enabled:
+            task_status.started()
+            await trio.sleep_forever()
+        try:
+            self._conn = await trio.to_thread.run_sync(
+                functools.partial(connect, self.db_path, create=True)
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(str(self.db_path), f"cannot open the trace store: {exc}") from exc
+        try:
+            task_status.started()
+            while True:
+                await trio.sleep(self.flush_interval)
+                await self.flush()
+                self._flushes += 1
+                if self._flushes % RETENTION_EVERY == 0:
+                    await trio.to_thread.run_sync(self._apply_retention, self._clock())
+        finally:
+            with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT) as scope:
+                scope.shield = True
+                await self.flush()
+                conn, self._conn = self._conn, None
+                await trio.to_thread.run_sync(conn.close)
+
+    async def flush(self) -> None:
+        """Write everything pending, ``batch_size`` items per transaction (in a thread)."""
+        while self._pending and self._conn is not None:
+            count = min(len(self._pending), self.batch_size)
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._writing = count
+            try:
+                # Not abandoned on cancel: a batch taken from the buffer is always finished.
+                await trio.to_thread.run_sync(self._write, batch)
+            except Exception:
+                # Disk full, a locked file, an odd attribute: lose this batch, not the gateway.
+                log.exception("trace writer: could not write %d traces", count)
+                self._dropped += count
+            finally:
+                self._writing = 0
+
+    def _write(self, batch: list[TraceRecord | _Event]) -> None:
+        traces: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        for item in batch:
+            if isinstance(item, _Event):
+                events.append(
+                    (
+                        item.request_id,
+                        item.at,
+                        item.async_state,
+                        _dumps([s.to_json() for s in item.spans]),
+                        _dumps([log_to_json(line) for line in item.logs]),
+                    )
+                )
+            else:
+                traces.append(_trace_row(item))
+        conn = self._conn
+        assert conn is not None
+        with conn:  # one transaction; rolled back if any row fails
+            conn.execute("BEGIN")
+            conn.executemany(
+                f"INSERT OR REPLACE INTO traces ({_COLUMNS}, spans, logs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                traces,
+            )
+            conn.executemany(
+                "INSERT INTO trace_events (request_id, at, async_state, spans, logs) "
+                "VALUES (?, ?, ?, ?, ?)",
+                events,
+            )
+
+    def _apply_retention(self, now: float) -> None:
+        """Delete traces past ``max_age_s`` and beyond the newest ``max_traces``."""
+        conn = self._conn
+        if conn is None:
+            return
+        with conn:
+            conn.execute("BEGIN")
+            cutoff = now - self.max_age_s
+            row = conn.execute(
+                "SELECT started_at FROM traces ORDER BY started_at DESC LIMIT 1 OFFSET ?",
+                (self.max_traces - 1,),
+            ).fetchone()
+            if row is not None:
+                # Keep the newest max_traces: delete everything strictly older than the last
+                # kept one (ties at that instant are kept; bounded by timestamp resolution).
+                cutoff = max(cutoff, row[0])
+            conn.execute("DELETE FROM traces WHERE started_at < ?", (cutoff,))
+            conn.execute(
+                "DELETE FROM trace_events WHERE at < ? AND request_id NOT IN "
+                "(SELECT request_id FROM traces)",
+                (now - ORPHAN_GRACE_S,),
+            )
+
+    # -- readers (CLI): sync, their own connection ----------------------------------------
+
+    def get(self, id_or_prefix: str) -> TraceRecord:
+        """The trace with that id, or the only one starting with that prefix (≥ 6 chars)."""
+        prefix = id_or_prefix.strip().lower()
+        if len(prefix) < MIN_PREFIX:
+            raise TracePrefixTooShort(
+                f"trace id prefix {id_or_prefix!r} is too short: give at least "
+                f"{MIN_PREFIX} characters"
+            )
+        with _reader(self.db_path) as conn:
+            if conn is None:
+                raise TraceNotFound(f"no trace {id_or_prefix!r} (no traces recorded yet)")
+            # A range scan on the primary key: ids are hex, so "~" sorts after any of them.
+            rows = conn.execute(
+                f"SELECT {_SELECT}, t.spans, t.logs "
+                "FROM traces t WHERE request_id >= ? AND request_id < ? "
+                "ORDER BY started_at DESC LIMIT ?",
+                (prefix, prefix + "~", MAX_CANDIDATES + 1),
+            ).fetchall()
+            if not rows:
+                raise TraceNotFound(
+                    f"no trace {id_or_prefix!r}: it may be older than the retention, "
+                    "or the id is mistyped"
+                )
+            if len(rows) > 1:
+                exact = [row for row in rows if row[0] == prefix]
+                if not exact:
+                    raise AmbiguousPrefix(
+                        prefix, [tuple(row[i] for i in (0, 1, 2, 3, 4)) for row in rows]
+                    )
+                rows = exact
+            trace = _trace_from_row(rows[0])
+            for spans, logs in conn.execute(
+                "SELECT spans, logs FROM trace_events WHERE request_id = ? ORDER BY id",
+                (trace.request_id,),
+            ):
+                trace.spans.extend(Span.from_json(s) for s in json.loads(spans))
+                trace.logs.extend(log_from_json(line) for line in json.loads(logs))
+            return trace
+
+    def last(self, n: int) -> list[TraceRecord]:
+        """The ``n`` newest traces, newest first; without spans or log lines (for listing)."""
+        with _reader(self.db_path) as conn:
+            if conn is None or n <= 0:
+                return []
+            rows = conn.execute(
+                f"SELECT {_SELECT} FROM traces t ORDER BY started_at DESC LIMIT ?",
+                (n,),
+            ).fetchall()
+        return [_trace_from_row(row) for row in rows]
+
+
+@contextlib.contextmanager
+def _reader(db_path: Path) -> Iterator[sqlite3.Connection | None]:
+    """A short-lived reader connection, or None when there is no database yet."""
+    conn = connect(db_path, create=False)
+    try:
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _trace_row(trace: TraceRecord) -> tuple[Any, ...]:
+    return (
+        trace.request_id,
+        trace.started_at,
+        trace.method,
+        trace.path,
+        trace.status,
+        trace.duration_ms,
+        trace.function,
+        trace.key_name,
+        trace.client_request_id,
+        trace.traceparent_in,
+        trace.trace_id,
+        trace.async_state,
+        _dumps([s.to_json() for s in trace.spans]),
+        _dumps([log_to_json(line) for line in trace.logs]),
+    )
+
+
+def _trace_from_row(row: Sequence[Any]) -> TraceRecord:
+    spans = [Span.from_json(s) for s in json.loads(row[12])] if len(row) > 12 else []
+    logs = [log_from_json(line) for line in json.loads(row[13])] if len(row) > 13 else []
+    return TraceRecord(
+        request_id=row[0],
+        started_at=row[1],
+        method=row[2],
+        path=row[3],
+        status=row[4],
+        duration_ms=row[5],
+        function=row[6],
+        key_name=row[7],
+        client_request_id=row[8],
+        traceparent_in=row[9],
+        trace_id=row[10],
+        async_state=row[11],
+        spans=spans,
+        logs=logs,
+    )

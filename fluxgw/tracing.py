@@ -1,0 +1,251 @@
+"""Request ids, W3C trace context, and the trace value classes (SPEC §4.5).
+
+Every request gets a fresh 128-bit id of the gateway's own (a client's ``x-request-id`` is
+recorded, never trusted) and a ``traceparent`` for its function, continuing the caller's trace
+when it sent a valid one. What happened to the request is a :class:`TraceRecord` of
+:class:`Span` s and the function's log lines; :mod:`fluxgw.tracestore` writes them to disk.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import FluxError
+from .runtime.api import FunctionFailed, InvocationResult, LogLine
+
+SPAN_NAMES = ("gateway", "queue", "runtime", "function")
+
+# version "-" trace-id "-" parent-id "-" flags, lower-case hex only (W3C Trace Context §3.2).
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 lower-case hex chars (128 random bits), unique in practice."""
+    return secrets.token_hex(16)
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, parent_span_id)`` from a ``traceparent`` header, or None if it is invalid.
+
+    Invalid: wrong shape, upper-case hex, version ``ff``, an all-zero trace or span id. A future
+    version (not 00) may append fields after the flags; version 00 must end there.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags = match.groups()
+    rest = value[match.end() :]
+    if version == "ff" or (version == "00" and rest) or (rest and not rest.startswith("-")):
+        return None
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
+        return None
+    return trace_id, parent_id
+
+
+def new_traceparent(trace_id: str | None = None, parent: str | None = None) -> tuple[str, str]:
+    """The ``traceparent`` to hand the function, and its trace id.
+
+    ``trace_id`` continues the caller's trace (from :func:`parse_traceparent`); without it a
+    new trace starts. ``parent`` is the caller's span id: it is recorded in the trace (as the
+    incoming traceparent), not in the header, since the function's parent is the gateway's
+    own fresh span. The sampled flag is set: the gateway records every request.
+    """
+    del parent  # kept in TraceRecord.traceparent_in by the caller; the header names our span
+    if trace_id is not None and not _TRACE_ID.fullmatch(trace_id):
+        # Tolerate a whole header passed by mistake; anything else invalid starts a new trace.
+        parsed = parse_traceparent(trace_id)
+        trace_id = parsed[0] if parsed else None
+    trace = trace_id if trace_id and trace_id != _ZERO_TRACE_ID else secrets.token_hex(16)
+    span = secrets.token_hex(8)
+    while span == _ZERO_SPAN_ID:  # 1 in 2**64, but the spec forbids it
+        span = secrets.token_hex(8)
+    return f"00-{trace}-{span}-01", trace
+
+
+@attrs.frozen
+class Span:
+    """One timed step of a request: ``gateway``, ``queue``, ``runtime`` or ``function``.
+
+    ``attributes`` are JSON-able facts about the step (auth result, remaining quota, worker
+    pid, cold start...). Never an API key: the gateway only ever passes the key's name.
+    """
+
+    name: str
+    start: float  # epoch seconds
+    duration_ms: float
+    attributes: dict[str, Any] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "start": self.start,
+            "duration_ms": self.duration_ms,
+            "attributes": self.attributes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Span:
+        return cls(
+            name=data["name"],
+            start=float(data["start"]),
+            duration_ms=float(data["duration_ms"]),
+            attributes=dict(data.get("attributes") or {}),
+        )
+
+
+@attrs.define
+class TraceRecord:
+    """Everything recorded about one request; built by the gateway as the request goes."""
+
+    request_id: str
+    started_at: float  # epoch seconds
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    trace_id: str
+    function: str | None = None
+    key_name: str | None = None
+    client_request_id: str | None = None
+    traceparent_in: str | None = None
+    spans: list[Span] = attrs.field(factory=list)
+    logs: list[LogLine] = attrs.field(factory=list)
+    async_state: str | None = None
+
+
+def invocation_spans(
+    *,
+    end: float,
+    result: InvocationResult | None = None,
+    failure: FunctionFailed | None = None,
+    started: float | None = None,
+    function: str | None = None,
+) -> list[Span]:
+    """The ``runtime`` and ``function`` spans of one invocation that ended at ``end``.
+
+    A result tells where its time went (waiting for a worker, cold start, the call), so both
+    spans are placed back from ``end``; a failure only has its start (``started``).
+    """
+    if result is not None:
+        setup_ms = result.queued_ms + result.startup_ms
+        runtime = Span(
+            "runtime",
+            end - (setup_ms + result.run_ms) / 1000,
+            setup_ms,
+            {
+                "worker_pid": result.worker_pid,
+                "start": "cold" if result.cold_start else "warm",
+                "waited_ms": round(result.queued_ms, 3),
+            },
+        )
+        attributes: dict[str, Any] = {"status": result.status, "function": function}
+        return [runtime, Span("function", end - result.run_ms / 1000, result.run_ms, attributes)]
+    if failure is not None:
+        begin = end if started is None else started
+        attributes = {
+            "status": failure.status,
+            "error": failure.code,
+            "message": failure.message,
+            "worker_pid": failure.worker_pid,
+        }
+        return [Span("function", begin, (end - begin) * 1000, attributes)]
+    return []
+
+
+def queue_event_trace(
+    event: str, details: Mapping[str, Any]
+) -> tuple[str, list[Span], list[LogLine]]:
+    """What one dispatcher event (see :meth:`fluxgw.queue.JobQueue.run_dispatcher`) adds to
+    its request's trace: the async state, spans and the function's log lines.
+
+    ``running`` adds a ``queue`` span for the wait before the attempt; ``succeeded`` the
+    runtime and function spans of the result; ``retry`` and ``failed`` a ``queue`` span naming
+    the outcome (and when the next attempt is) and the failed function span.
+    """
+    at = float(details.get("at", 0.0))
+    attempt = {"attempt": details.get("attempt"), "max_attempts": details.get("max_attempts")}
+    if event == "running":
+        wait_ms = float(details.get("wait_ms", 0.0))
+        return "running", [Span("queue", at - wait_ms / 1000, wait_ms, attempt)], []
+    result = details.get("result")
+    failure = details.get("exception")
+    started = at - float(details.get("duration_ms", 0.0)) / 1000
+    spans: list[Span] = []
+    if event in ("retry", "failed"):
+        outcome: dict[str, Any] = {**attempt, "outcome": event}
+        if "delay_s" in details:
+            outcome["retry_in_s"] = round(details["delay_s"], 3)
+        if details.get("error"):
+            outcome["error"] = details["error"]
+        spans.append(Span("queue", at, 0.0, outcome))
+    if isinstance(result, InvocationResult):
+        spans.extend(invocation_spans(end=at, result=result, function=details.get("function")))
+        logs = list(result.logs)
+    elif isinstance(failure, FunctionFailed):
+        spans.extend(invocation_spans(end=at, failure=failure, started=started))
+        logs = list(failure.logs)
+    else:
+        logs = []
+    return ("queued" if event == "retry" else event), spans, logs
+
+
+def log_to_json(line: LogLine) -> dict[str, Any]:
+    """A log line as a JSON object (its attrs fields)."""
+    return attrs.asdict(line, recurse=False)
+
+
+def log_from_json(data: dict[str, Any]) -> LogLine:
+    return LogLine(**data)
+
+
+def trace_to_json(trace: TraceRecord) -> dict[str, Any]:
+    """The trace as JSON (``flux trace --json`` and the store's columns share this shape)."""
+    return {
+        "request_id": trace.request_id,
+        "started_at": trace.started_at,
+        "method": trace.method,
+        "path": trace.path,
+        "status": trace.status,
+        "duration_ms": trace.duration_ms,
+        "function": trace.function,
+        "key_name": trace.key_name,
+        "client_request_id": trace.client_request_id,
+        "traceparent_in": trace.traceparent_in,
+        "trace_id": trace.trace_id,
+        "async_state": trace.async_state,
+        "spans": [span.to_json() for span in trace.spans],
+        "logs": [log_to_json(line) for line in trace.logs],
+    }
+
+
+class TraceNotFound(FluxError):
+    """No trace with that id (or prefix): maybe older than the retention, or a typo."""
+
+
+class TracePrefixTooShort(FluxError, ValueError):
+    """A prefix under 6 characters would match too many traces to be useful."""
+
+
+class AmbiguousPrefix(FluxError):
+    """Several traces start with the prefix; ``candidates`` lets the CLI list them."""
+
+    def __init__(self, prefix: str, candidates: list[tuple[str, float, str, str, int]]) -> None:
+        shown = ", ".join(c[0] for c in candidates[:5])
+        more = f" (and {len(candidates) - 5} more)" if len(candidates) > 5 else ""
+        super().__init__(
+            f"trace id prefix {prefix!r} matches {len(candidates)} traces: {shown}{more}; "
+            "give more characters"
+        )
+        self.prefix = prefix
+        self.candidates = candidates

@@ -1,0 +1,144 @@
+"""A real headless Chromium calls the gateway from another origin (SPEC §4.4).
+
+A page served on one loopback origin calls a function on the gateway's origin with a key
+(a preflighted request), reads ``x-request-id``, reads a 401 and its ``x-request-id``, and is
+refused by the browser once the project's allowlist excludes its origin. The page reports what
+it saw by POSTing to its own server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import flux, serve, write_function
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None and not __import__("os").environ.get("CI"),
+        reason="chromium not installed (scripts/setup --test installs it)",
+    ),
+]
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>flux cors</title>
+<script>
+async function probe(url, options) {
+  try {
+    const r = await fetch(url, options);
+    return {status: r.status, requestId: r.headers.get("x-request-id"),
+            retryAfterVisible: r.headers.has("ratelimit-policy"), body: await r.text()};
+  } catch (e) {
+    return {error: String(e)};
+  }
+}
+(async () => {
+  const gw = "%(gateway)s";
+  const results = {
+    ok: await probe(gw + "/echo", {method: "POST",
+        headers: {"Authorization": "Bearer %(key)s", "Content-Type": "application/json"},
+        body: JSON.stringify({from: "browser"})}),
+    unauthorized: await probe(gw + "/echo", {method: "POST"}),
+  };
+  await fetch("/report", {method: "POST", body: JSON.stringify(results)});
+})();
+</script>"""
+
+
+class PageServer:
+    """Serves the page and collects the report, on its own loopback origin."""
+
+    def __init__(self, page: str) -> None:
+        self.reports: list[dict] = []
+        self.arrived = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                outer.reports.append(json.loads(self.rfile.read(length)))
+                outer.arrived.set()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def visit(url: str, profile: Path, page: PageServer) -> dict:
+    assert CHROMIUM, "chromium is required (scripts/setup --test)"
+    browser = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-quic", f"--user-data-dir={profile}", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert page.arrived.wait(60), "the page never reported"
+        return page.reports[-1]
+    finally:
+        browser.kill()
+        browser.wait(10)
+        subprocess.run(["pkill", "-KILL", "-s", str(browser.pid)], check=False)
+
+
+ECHO = "def handler(request, ctx):\n    return {'got': request['body']}\n"
+
+
+def test_browser_reads_request_ids_from_another_origin(project: Path, tmp_path: Path) -> None:
+    write_function(project, "echo", ECHO, route="/echo")
+    flux(project, "deploy")
+    key = flux(project, "api-keys", "create", "--name", "browser").stdout.strip()
+    with serve(project) as gw:
+        page = PageServer(PAGE % {"gateway": gw.url, "key": key})
+        try:
+            report = visit(page.url, tmp_path / "profile", page)
+        finally:
+            page.close()
+    ok, unauthorized = report["ok"], report["unauthorized"]
+    assert ok.get("status") == 200, report
+    assert json.loads(ok["body"]) == {"got": {"from": "browser"}}
+    assert len(ok["requestId"]) >= 16
+    assert ok["retryAfterVisible"] is True  # RateLimit-Policy is exposed to scripts
+    assert unauthorized.get("status") == 401, report
+    assert len(unauthorized["requestId"]) >= 16
+    assert json.loads(unauthorized["body"])["request_id"] == unauthorized["requestId"]
+
+
+def test_browser_is_refused_when_its_origin_is_not_allowed(
+    project: Path, tmp_path: Path
+) -> None:
+    write_function(project, "echo", ECHO, route="/echo")
+    flux(project, "deploy")
+    key = flux(project, "api-keys", "create", "--name", "browser").stdout.strip()
+    flux(project, "project", "update", "--cors-origin", "https://only.example.com")
+    with serve(project) as gw:
+        page = PageServer(PAGE % {"gateway": gw.url, "key": key})
+        try:
+            report = visit(page.url, tmp_path / "profile", page)
+        finally:
+            page.close()
+    assert "error" in report["ok"], report  # the browser blocked the POST: no Allow-Origin
+    assert "error" in report["unauthorized"], report

@@ -1,0 +1,263 @@
+"""The real `flux serve` on loopback: every row of SPEC §4.2, limits, live changes, stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import trio
+from conftest import flux, serve, write_function
+
+HELLO = """
+def handler(request, ctx):
+    print("hello from the function")
+    return {"path": request["path"], "query": request["query"], "body": request["body"],
+            "auth": request["headers"].get("authorization"),
+            "rid": ctx.request_id, "rid_header": request["headers"].get("x-request-id"),
+            "traceparent": request["headers"].get("traceparent")}
+"""
+SLOW = """
+import time
+def handler(request, ctx):
+    time.sleep(float(request["query"].get("s", "0.5")))
+    return {"version": 1}
+"""
+CRASH = "import os\ndef handler(request, ctx):\n    os._exit(3)\n"
+HANG = "import time\ndef handler(request, ctx):\n    time.sleep(60)\n"
+GARBAGE = """
+import os
+def handler(request, ctx):
+    return object()
+"""
+
+
+@pytest.fixture
+def deployed(project: Path) -> Path:
+    write_function(project, "hello", HELLO, route="/hello", method="POST")
+    write_function(project, "slow", SLOW, route="/slow", method="GET")
+    write_function(project, "crash", CRASH, route="/crash")
+    write_function(project, "hang", HANG, route="/hang", timeout=1)
+    write_function(project, "garbage", GARBAGE, route="/garbage")
+    flux(project, "deploy")
+    return project
+
+
+def key_for(project: Path, name: str = "k", *extra: str) -> str:
+    return flux(project, "api-keys", "create", "--name", name, *extra).stdout.strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "message", "request_id"}
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert len(response.headers["x-request-id"]) >= 16
+    if code:
+        assert body["error"] == code
+    assert body["message"]
+    return body
+
+
+def test_every_status_of_the_contract(deployed: Path) -> None:
+    key = key_for(deployed)
+    scoped = key_for(deployed, "scoped", "--function", "slow")
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        ok = client.post("/hello?x=1", headers={**bearer(key), "x-request-id": "client-chosen"},
+                         json={"a": 1})
+        assert ok.status_code == 200
+        data = ok.json()
+        assert data["path"] == "/hello" and data["query"] == {"x": "1"}
+        assert data["body"] == {"a": 1}
+        assert data["auth"] is None  # the caller's key never reaches the function
+        rid = ok.headers["x-request-id"]
+        assert rid != "client-chosen" and data["rid"] == rid and data["rid_header"] == rid
+        assert data["traceparent"].startswith("00-")
+        assert ok.headers["ratelimit-policy"] and ok.headers["ratelimit"]
+
+        for headers, code in [
+            ({}, "missing_key"),
+            ({"authorization": f"Basic {key}"}, "not_bearer"),
+            ({"authorization": "Bearer flx_live_short"}, "malformed_key"),
+            ({"authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"},
+             "malformed_key"),
+        ]:
+            refused = client.post("/hello", headers=headers)
+            assert_error(refused, 401, code)
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "ratelimit" not in refused.headers  # a 401 counts against no one
+
+        assert_error(client.post("/hello", headers=bearer(scoped)), 403, "key_not_for_function")
+        assert_error(client.get("/nope", headers=bearer(key)), 404, "not_found")
+        assert_error(client.get("/hello", headers=bearer(key)), 404, "not_found")
+        big = client.post("/hello", headers=bearer(key), content=b"x" * (6 * 1024 * 1024 + 1))
+        assert_error(big, 413, "payload_too_large")
+        assert_error(client.post("/crash", headers=bearer(key)), 502)
+        assert_error(client.post("/garbage", headers=bearer(key)), 502)
+        started = time.monotonic()
+        assert_error(client.post("/hang", headers=bearer(key)), 504, "function_timeout")
+        assert time.monotonic() - started < 5
+        # after a crash and a timeout, the next requests get healthy workers
+        assert client.post("/hello", headers=bearer(key), json={}).status_code == 200
+
+
+def test_another_projects_key_is_403(deployed: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "functions").mkdir(parents=True)
+    foreign = key_for(other)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url) as client:
+        assert_error(client.post("/hello", headers=bearer(foreign)), 403, "wrong_project")
+
+
+def test_burst_then_refill(deployed: Path) -> None:
+    key, other = key_for(deployed), key_for(deployed, "other")
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        statuses = [client.get("/slow?s=0", headers=bearer(key)).status_code
+                    for _ in range(125)]
+        assert statuses[:120] == [200] * 120, statuses
+        assert statuses[120:] == [429] * 5
+        refused = client.get("/slow?s=0", headers=bearer(key))
+        assert_error(refused, 429, "rate_limited")
+        assert int(refused.headers["retry-after"]) >= 1
+        assert client.get("/slow?s=0", headers=bearer(other)).status_code == 200
+        time.sleep(float(refused.headers["retry-after"]) + 0.05)
+        assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
+        assert client.get("/slow?s=0", headers=bearer(key)).status_code == 429
+
+
+async def test_limit_is_exact_under_concurrency(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60, limits=limits) as client:
+            statuses: list[int] = []
+
+            async def one() -> None:
+                # 401-free path that does not reach a function: a 404 still counts
+                r = await client.get("/no-such-route", headers=bearer(key))
+                statuses.append(r.status_code)
+
+            started = time.monotonic()
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(1000):
+                        nursery.start_soon(one)
+            elapsed = time.monotonic() - started
+    admitted = statuses.count(404)
+    assert statuses.count(429) + admitted == 1000
+    assert 120 <= admitted <= 120 + int(elapsed) + 1  # burst plus refill, never more
+
+
+def test_limits_survive_a_restart(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        for _ in range(120):
+            client.get("/nope", headers=bearer(key))
+        assert client.get("/nope", headers=bearer(key)).status_code == 429
+        drained_at = time.monotonic()
+        assert gw.stop() == 0
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        admitted = 0
+        while client.get("/nope", headers=bearer(key)).status_code == 404 and admitted < 130:
+            admitted += 1
+        # a restart refills nothing: only the one-per-second refill since the drain
+        assert admitted <= time.monotonic() - drained_at + 1
+
+
+def test_revocation_applies_within_one_second(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
+        flux(deployed, "api-keys", "revoke", "k")
+        revoked_at = time.monotonic()
+        while client.get("/slow?s=0", headers=bearer(key)).status_code != 401:
+            assert time.monotonic() - revoked_at < 1.0
+            time.sleep(0.02)
+        assert_error(client.get("/slow?s=0", headers=bearer(key)), 401, "revoked_key")
+
+
+def test_project_update_applies_within_one_second(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        first = client.get("/slow?s=0", headers=bearer(key))
+        assert '"free"' in first.headers["ratelimit-policy"]
+        flux(deployed, "project", "update", "--plan", "pro")
+        changed_at = time.monotonic()
+        while '"pro"' not in client.get("/slow?s=0", headers=bearer(key)).headers[
+            "ratelimit-policy"
+        ]:
+            assert time.monotonic() - changed_at < 1.0
+            time.sleep(0.02)
+
+
+async def test_deploy_is_picked_up_within_one_second_with_requests_in_flight(
+    deployed: Path,
+) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            in_flight: list[httpx.Response] = []
+
+            async def slow_call() -> None:
+                in_flight.append(await client.get("/slow?s=1.5", headers=bearer(key)))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(slow_call)
+                await trio.sleep(0.3)
+                slow = deployed / "functions" / "slow" / "main.py"
+                slow.write_text(SLOW.replace('{"version": 1}', '{"version": 2}'))
+                await trio.to_thread.run_sync(lambda: flux(deployed, "deploy"))
+                deployed_at = time.monotonic()
+                while True:
+                    r = await client.get("/slow?s=0", headers=bearer(key))
+                    if r.json() == {"version": 2}:
+                        break
+                    assert time.monotonic() - deployed_at < 1.0
+                    await trio.sleep(0.02)
+            assert [r.status_code for r in in_flight] == [200, 200, 200]
+            assert all(r.json() == {"version": 1} for r in in_flight)
+
+
+def test_sigterm_finishes_in_flight_work_and_leaves_no_process(deployed: Path) -> None:
+    import threading
+
+    key = key_for(deployed)
+    with serve(deployed) as gw:
+        server = psutil.Process(gw.process.pid)
+        with httpx.Client(base_url=gw.url, timeout=30) as client:
+            assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
+            result: list[httpx.Response] = []
+            worker = threading.Thread(
+                target=lambda: result.append(client.get("/slow?s=1", headers=bearer(key)))
+            )
+            worker.start()
+            time.sleep(0.3)
+            descendants = server.children(recursive=True)
+            assert descendants, "expected warm worker processes"
+            assert gw.stop(signal.SIGTERM) == 0
+            worker.join(10)
+        assert result and result[0].status_code == 200  # finished, not cut off
+        gone, alive = psutil.wait_procs(descendants, timeout=5)
+        assert not alive, f"left behind: {alive}"
+
+
+def test_unknown_json_body_and_text_bodies(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        text = client.post("/hello", headers={**bearer(key), "content-type": "text/plain"},
+                           content=b"plain words")
+        assert text.json()["body"] == "plain words"
+        bad_json = client.post("/hello", headers={**bearer(key),
+                                                   "content-type": "application/json"},
+                               content=b"{not json")
+        assert bad_json.status_code in (200, 400)
+        json.loads(bad_json.text)
