@@ -82,6 +82,12 @@ async def _main(config: ServerConfig) -> None:
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
         print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
+        if config.dev:
+            print(f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
+                  flush=True)
+            print(f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
+                  flush=True)
+            print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
 
     async with trio.open_nursery() as nursery:
