@@ -31,12 +31,20 @@ def write_function(
     return folder
 
 
-def flux(project: Path | None, *args: str, check: bool = True, timeout: float = 60,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def flux(
+    project: Path | None,
+    *args: str,
+    check: bool = True,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `flux` command."""
     command = [FLUX, *(("--project", str(project)) if project else ()), *args]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
@@ -65,13 +73,17 @@ def kill_group(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def serve(project: Path, *args: str, command: str = "serve",
-          env: dict[str, str] | None = None) -> Iterator[RunningGateway]:
+def serve(
+    project: Path, *args: str, command: str = "serve", env: dict[str, str] | None = None
+) -> Iterator[RunningGateway]:
     """Start `flux serve --port 0` (its own process group) and wait for its ready line."""
     process = subprocess.Popen(
         [FLUX, "--project", str(project), command, "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     lines: list[str] = []
     deadline = time.monotonic() + 30
@@ -101,10 +113,8 @@ def serve(project: Path, *args: str, command: str = "serve",
     finally:
         if process.poll() is None:
             process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
         kill_group(process)
         process.wait()
 

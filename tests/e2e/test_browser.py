@@ -90,10 +90,22 @@ class PageServer:
 def visit(url: str, profile: Path, page: PageServer) -> dict:
     assert CHROMIUM, "chromium is required (scripts/setup --test)"
     browser = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-quic", f"--user-data-dir={profile}", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert page.arrived.wait(60), "the page never reported"
@@ -127,9 +139,7 @@ def test_browser_reads_request_ids_from_another_origin(project: Path, tmp_path: 
     assert json.loads(unauthorized["body"])["request_id"] == unauthorized["requestId"]
 
 
-def test_browser_is_refused_when_its_origin_is_not_allowed(
-    project: Path, tmp_path: Path
-) -> None:
+def test_browser_is_refused_when_its_origin_is_not_allowed(project: Path, tmp_path: Path) -> None:
     write_function(project, "echo", ECHO, route="/echo")
     flux(project, "deploy")
     key = flux(project, "api-keys", "create", "--name", "browser").stdout.strip()

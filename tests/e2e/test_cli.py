@@ -32,7 +32,9 @@ def test_init_then_deploy_prints_the_routing_table(tmp_path: Path) -> None:
     routes = json.loads(flux(target, "routes", "--json").stdout)
     assert routes["version"] == 1
     assert sorted(f["name"] for f in routes["functions"]) == [
-        "hello_deno", "hello_node", "hello_python"
+        "hello_deno",
+        "hello_node",
+        "hello_python",
     ]
 
 
@@ -74,8 +76,9 @@ def test_api_keys_create_list_revoke(project: Path) -> None:
     assert KEY_PATTERN.fullmatch(created.stdout.strip())
     assert created.stdout.count("\n") == 1
     key = created.stdout.strip()
-    test_key = flux(project, "api-keys", "create", "--name", "t", "--test",
-                    "--function", "hello").stdout.strip()
+    test_key = flux(
+        project, "api-keys", "create", "--name", "t", "--test", "--function", "hello"
+    ).stdout.strip()
     assert test_key.startswith("flx_test_")
 
     listing = flux(project, "api-keys", "list").stdout.splitlines()
@@ -94,8 +97,11 @@ def test_api_keys_create_list_revoke(project: Path) -> None:
     assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
 
     flux(project, "api-keys", "revoke", "ci")
-    row = next(line for line in flux(project, "api-keys", "list").stdout.splitlines()
-               if line.startswith("ci "))
+    row = next(
+        line
+        for line in flux(project, "api-keys", "list").stdout.splitlines()
+        if line.startswith("ci ")
+    )
     assert "revoked" in row
     again = flux(project, "api-keys", "revoke", "ci", check=False)
     assert again.returncode == 1 and "no active key named 'ci'" in again.stderr
@@ -104,8 +110,7 @@ def test_api_keys_create_list_revoke(project: Path) -> None:
 def test_no_state_file_holds_a_key_and_keys_file_is_private(project: Path) -> None:
     write_function(project, "hello", "def handler(r, c):\n    return 1\n")
     flux(project, "deploy")
-    keys = [flux(project, "api-keys", "create", "--name", f"k{i}").stdout.strip()
-            for i in range(3)]
+    keys = [flux(project, "api-keys", "create", "--name", f"k{i}").stdout.strip() for i in range(3)]
     keys_file = project / ".flux" / "keys.json"
     assert stat.S_IMODE(os.stat(keys_file).st_mode) == 0o600
     for path in (project / ".flux").rglob("*"):
@@ -113,13 +118,12 @@ def test_no_state_file_holds_a_key_and_keys_file_is_private(project: Path) -> No
             content = path.read_bytes()
             for key in keys:
                 assert key.encode() not in content, path
-                assert key[9 + 6:9 + 38].encode() not in content, path  # the random part
+                assert key[9 + 6 : 9 + 38].encode() not in content, path  # the random part
 
 
 def test_scoping_to_an_unknown_function_is_refused(project: Path) -> None:
     write_function(project, "hello", "def handler(r, c):\n    return 1\n")
-    result = flux(project, "api-keys", "create", "--name", "x", "--function", "nope",
-                  check=False)
+    result = flux(project, "api-keys", "create", "--name", "x", "--function", "nope", check=False)
     assert result.returncode == 1
     assert "'nope'" in result.stderr
 
@@ -128,8 +132,17 @@ def test_project_update_and_show(project: Path) -> None:
     shown = json.loads(flux(project, "project", "show", "--json").stdout)
     assert shown["plan"] == "free" and shown["cors_origins"] == []
     assert shown["limits"] == {"rate_per_minute": 60, "burst": 120}
-    flux(project, "project", "update", "--plan", "pro",
-         "--cors-origin", "https://App.example.com:443/", "--cors-origin", "http://localhost:3000")
+    flux(
+        project,
+        "project",
+        "update",
+        "--plan",
+        "pro",
+        "--cors-origin",
+        "https://App.example.com:443/",
+        "--cors-origin",
+        "http://localhost:3000",
+    )
     shown = json.loads(flux(project, "project", "show", "--json").stdout)
     assert shown["plan"] == "pro"
     assert shown["limits"] == {"rate_per_minute": 1000, "burst": 2000}

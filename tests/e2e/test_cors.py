@@ -9,9 +9,11 @@ import httpx
 import pytest
 from conftest import flux, serve, write_function
 
-ECHO = "from fluxgw.runtime import Response\n" \
-       "def handler(request, ctx):\n" \
-       "    return Response(200, {'ok': True}, {'Vary': 'Accept-Encoding, origin'})\n"
+ECHO = (
+    "from fluxgw.runtime import Response\n"
+    "def handler(request, ctx):\n"
+    "    return Response(200, {'ok': True}, {'Vary': 'Accept-Encoding, origin'})\n"
+)
 APP = "http://app.localhost:3000"
 
 
@@ -32,10 +34,14 @@ def test_preflight_needs_no_key_and_costs_no_quota(cors_project: Path) -> None:
     with serve(cors_project) as gw, httpx.Client(base_url=gw.url) as client:
         before = remaining(client.post("/echo", headers=auth))
         for _ in range(5):
-            preflight = client.options("/echo", headers={
-                "origin": APP, "access-control-request-method": "POST",
-                "access-control-request-headers": "authorization, content-type, x-custom",
-            })
+            preflight = client.options(
+                "/echo",
+                headers={
+                    "origin": APP,
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "authorization, content-type, x-custom",
+                },
+            )
             assert preflight.status_code == 204
             assert preflight.headers["access-control-allow-origin"] == APP
             assert "POST" in preflight.headers["access-control-allow-methods"]
@@ -69,8 +75,9 @@ def test_every_answer_to_an_allowed_origin_has_cors_headers(cors_project: Path) 
 
 
 def test_allowlist_limits_writes_but_not_reads(cors_project: Path) -> None:
-    write_function(cors_project, "read", "def handler(r, c):\n    return 1\n",
-                   route="/read", method="GET")
+    write_function(
+        cors_project, "read", "def handler(r, c):\n    return 1\n", route="/read", method="GET"
+    )
     flux(cors_project, "deploy")
     flux(cors_project, "project", "update", "--cors-origin", APP)
     key = flux(cors_project, "api-keys", "create", "--name", "k").stdout.strip()
@@ -83,7 +90,8 @@ def test_allowlist_limits_writes_but_not_reads(cors_project: Path) -> None:
         assert "access-control-allow-origin" not in refused.headers
         read = client.get("/read", headers={**auth, "origin": other})
         assert read.headers["access-control-allow-origin"] == other
-        preflight = client.options("/echo", headers={
-            "origin": other, "access-control-request-method": "POST"})
+        preflight = client.options(
+            "/echo", headers={"origin": other, "access-control-request-method": "POST"}
+        )
         assert preflight.status_code == 204
         assert "access-control-allow-origin" not in preflight.headers

@@ -39,7 +39,8 @@ def test_kill_during_key_creation_never_loses_a_reported_key(project: Path) -> N
     for i in range(ROUNDS):
         out = kill_at_random(
             [FLUX, "--project", str(project), "api-keys", "create", "--name", f"k{i}"],
-            rng, duration * 1.3,
+            rng,
+            duration * 1.3,
         )
         if out.strip():
             reported.append(out.strip())

@@ -39,16 +39,16 @@ def test_saved_change_is_served_quickly_and_bad_change_keeps_last_good(project: 
         print("save-to-served seconds:", latencies)
         assert latencies[len(latencies) // 2] < 0.5, latencies  # median save-to-served
 
-        (folder / "flux.json").write_text(json.dumps({"name": "v", "runtime": "python",
-                                                      "route": "/v", "method": "GETT"}))
+        (folder / "flux.json").write_text(
+            json.dumps({"name": "v", "runtime": "python", "route": "/v", "method": "GETT"})
+        )
         time.sleep(1.0)
-        assert client.get("/v", headers={"authorization": f"Bearer {key}"}).json() == {
-            "version": 5
-        }
+        assert client.get("/v", headers={"authorization": f"Bearer {key}"}).json() == {"version": 5}
         assert any("GETT" in line and "flux.json" in line for line in gw.output), gw.output
 
-        (folder / "flux.json").write_text(json.dumps({"name": "v", "runtime": "python",
-                                                      "route": "/v", "method": "GET"}))
+        (folder / "flux.json").write_text(
+            json.dumps({"name": "v", "runtime": "python", "route": "/v", "method": "GET"})
+        )
         (folder / "main.py").write_text(V1.replace("1}", "6}"))
         wait_for(client, key, {"version": 6}, 3)
 

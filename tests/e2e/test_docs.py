@@ -28,7 +28,7 @@ def blocks(path: Path, language: str, section: str | None = None) -> list[str]:
     if section is not None:
         start = text.index(f"## {section}")
         end = text.find("\n## ", start + 1)
-        text = text[start:end if end != -1 else None]
+        text = text[start : end if end != -1 else None]
     return [body for lang, body in BLOCK.findall(text) if lang == language]
 
 
@@ -41,8 +41,13 @@ def free_port() -> int:
 def shell(script: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     return subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout, start_new_session=True,
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
     )
 
 
@@ -66,12 +71,20 @@ def test_readme_tutorial_runs(tmp_path: Path) -> None:
 
 def test_readme_run_example_command_serves_and_its_curl_lines_work(tmp_path: Path) -> None:
     (first,) = blocks(ROOT / "README.md", "sh", "Two commands")
-    run_example = next(line.split("#")[0].strip() for line in first.splitlines()
-                       if line.startswith("scripts/run-example"))
+    run_example = next(
+        line.split("#")[0].strip()
+        for line in first.splitlines()
+        if line.startswith("scripts/run-example")
+    )
     port = str(free_port())
     process = subprocess.Popen(
-        [str(ROOT / run_example)], cwd=ROOT, env={**os.environ, "PORT": port},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [str(ROOT / run_example)],
+        cwd=ROOT,
+        env={**os.environ, "PORT": port},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     try:

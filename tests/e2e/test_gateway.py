@@ -71,8 +71,9 @@ def test_every_status_of_the_contract(deployed: Path) -> None:
     key = key_for(deployed)
     scoped = key_for(deployed, "scoped", "--function", "slow")
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        ok = client.post("/hello?x=1", headers={**bearer(key), "x-request-id": "client-chosen"},
-                         json={"a": 1})
+        ok = client.post(
+            "/hello?x=1", headers={**bearer(key), "x-request-id": "client-chosen"}, json={"a": 1}
+        )
         assert ok.status_code == 200
         data = ok.json()
         assert data["path"] == "/hello" and data["query"] == {"x": "1"}
@@ -87,8 +88,10 @@ def test_every_status_of_the_contract(deployed: Path) -> None:
             ({}, "missing_key"),
             ({"authorization": f"Basic {key}"}, "not_bearer"),
             ({"authorization": "Bearer flx_live_short"}, "malformed_key"),
-            ({"authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"},
-             "malformed_key"),
+            (
+                {"authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"},
+                "malformed_key",
+            ),
         ]:
             refused = client.post("/hello", headers=headers)
             assert_error(refused, 401, code)
@@ -120,8 +123,7 @@ def test_another_projects_key_is_403(deployed: Path, tmp_path: Path) -> None:
 def test_burst_then_refill(deployed: Path) -> None:
     key, other = key_for(deployed), key_for(deployed, "other")
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        statuses = [client.get("/slow?s=0", headers=bearer(key)).status_code
-                    for _ in range(125)]
+        statuses = [client.get("/slow?s=0", headers=bearer(key)).status_code for _ in range(125)]
         assert statuses[:120] == [200] * 120, statuses
         assert statuses[120:] == [429] * 5
         refused = client.get("/slow?s=0", headers=bearer(key))
@@ -191,9 +193,9 @@ def test_project_update_applies_within_one_second(deployed: Path) -> None:
         assert '"free"' in first.headers["ratelimit-policy"]
         flux(deployed, "project", "update", "--plan", "pro")
         changed_at = time.monotonic()
-        while '"pro"' not in client.get("/slow?s=0", headers=bearer(key)).headers[
-            "ratelimit-policy"
-        ]:
+        while (
+            '"pro"' not in client.get("/slow?s=0", headers=bearer(key)).headers["ratelimit-policy"]
+        ):
             assert time.monotonic() - changed_at < 1.0
             time.sleep(0.02)
 
@@ -246,18 +248,21 @@ def test_sigterm_finishes_in_flight_work_and_leaves_no_process(deployed: Path) -
             assert gw.stop(signal.SIGTERM) == 0
             worker.join(10)
         assert result and result[0].status_code == 200  # finished, not cut off
-        gone, alive = psutil.wait_procs(descendants, timeout=5)
+        _, alive = psutil.wait_procs(descendants, timeout=5)
         assert not alive, f"left behind: {alive}"
 
 
 def test_unknown_json_body_and_text_bodies(deployed: Path) -> None:
     key = key_for(deployed)
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        text = client.post("/hello", headers={**bearer(key), "content-type": "text/plain"},
-                           content=b"plain words")
+        text = client.post(
+            "/hello", headers={**bearer(key), "content-type": "text/plain"}, content=b"plain words"
+        )
         assert text.json()["body"] == "plain words"
-        bad_json = client.post("/hello", headers={**bearer(key),
-                                                   "content-type": "application/json"},
-                               content=b"{not json")
+        bad_json = client.post(
+            "/hello",
+            headers={**bearer(key), "content-type": "application/json"},
+            content=b"{not json",
+        )
         assert bad_json.status_code in (200, 400)
         json.loads(bad_json.text)

@@ -14,7 +14,10 @@ def test_flux_init_project_tests_pass(tmp_path: Path) -> None:
     flux(None, "init", str(target))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=target, capture_output=True, text=True, timeout=300,
+        cwd=target,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout

@@ -79,9 +79,14 @@ def test_two_functions_on_one_route_and_method(tmp_path: Path) -> None:
 
 
 def test_same_route_different_methods_is_fine(tmp_path: Path) -> None:
-    write_function(tmp_path, "a", {"name": "a", "runtime": "python", "route": "/x", "method": "GET"})
+    write_function(
+        tmp_path, "a", {"name": "a", "runtime": "python", "route": "/x", "method": "GET"}
+    )
     write_function(tmp_path, "b", {"name": "b", "runtime": "python", "route": "/x"})
-    assert {(s.method, s.route) for s in load_functions(tmp_path)} == {("GET", "/x"), ("POST", "/x")}
+    assert {(s.method, s.route) for s in load_functions(tmp_path)} == {
+        ("GET", "/x"),
+        ("POST", "/x"),
+    }
 
 
 def test_duplicate_names(tmp_path: Path) -> None:
@@ -95,7 +100,11 @@ def test_defaults(tmp_path: Path) -> None:
     write_function(tmp_path, "hello", GOOD)
     (spec,) = load_functions(tmp_path)
     assert (spec.route, spec.method, spec.is_async, spec.timeout, spec.entry) == (
-        "/hello", "POST", False, 30.0, "main.py"
+        "/hello",
+        "POST",
+        False,
+        30.0,
+        "main.py",
     )
     assert spec.entry_path == (tmp_path / "functions" / "hello" / "main.py").resolve()
 

@@ -63,11 +63,16 @@ def test_lock_excludes_another_process_until_released(tmp_path: Path) -> None:
 
     state = StateDir(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from fluxgw.state import StateDir\n"
-         "with StateDir(Path(sys.argv[1])).lock():\n"
-         "    print('held', flush=True); time.sleep(0.5)\n", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from fluxgw.state import StateDir\n"
+            "with StateDir(Path(sys.argv[1])).lock():\n"
+            "    print('held', flush=True); time.sleep(0.5)\n",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
