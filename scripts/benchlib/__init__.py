@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench: load generation (wrk), servers, in-process measurements, report."""
