@@ -33,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    _pool_arguments(serve)
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -72,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
     return parser
+
+
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    """Worker pool sizing, per function (docs/runtimes.md)."""
+    def count(text: str) -> int:
+        value = int(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        return value
+
+    group = parser.add_argument_group("worker pool (per function)")
+    group.add_argument("--max-workers", type=count, default=4, metavar="N",
+                       help="most concurrent invocations of one function (default 4)")
+    group.add_argument("--min-workers", type=count, default=0, metavar="N",
+                       help="workers kept warm when idle (default 0)")
+    group.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                       help="stop a worker idle this many seconds (default 300)")
+    group.add_argument("--prewarm", action="store_true",
+                       help="start workers on deploy, so first requests are warm (dev: always)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cli import print_json, print_table, relative_time
 from .deploy import Deployment, load_deployment
@@ -86,9 +87,19 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         project_dir=project_dir, host=args.host, port=args.port,
-        tracing=not args.no_tracing,
+        tracing=not args.no_tracing, **pool_options(args),
     )
     return run_server(config)
+
+
+def pool_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields from `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
+    if args.max_workers < 1 or args.min_workers > args.max_workers:
+        raise FluxError("need --max-workers >= 1 and --min-workers <= --max-workers")
+    if args.idle_timeout <= 0:
+        raise FluxError("--idle-timeout must be > 0 seconds")
+    return {"max_workers": args.max_workers, "min_workers": args.min_workers,
+            "idle_timeout": args.idle_timeout, "prewarm": args.prewarm}
 
 
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
@@ -99,7 +110,8 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
     deployment = deploy_functions(state)
     print(f"Deployed version {deployment.version} from source:")
     print_routes(deployment)
-    config = ServerConfig(project_dir=project_dir, host=args.host, port=args.port, dev=True)
+    config = ServerConfig(project_dir=project_dir, host=args.host, port=args.port, dev=True,
+                          **pool_options(args))
     return run_server(config)
 
 
@@ -194,11 +206,17 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
         raise FluxError("give a request id (or a prefix of >= 6 characters), or --last N")
     try:
         record = store.get(args.id)
-    except TraceNotFound:
-        raise FluxError(f"no trace for request id {args.id!r}") from None
+    except TraceNotFound as exc:
+        raise FluxError(str(exc)) from None
     except AmbiguousPrefix as exc:
-        lines = [f"prefix {args.id!r} matches several requests:"]
-        lines += [f"  {c[0]}  {c[2]} {c[3]} -> {c[4]}" for c in exc.candidates]
+        from .trace_render import format_time
+        from .tracestore import MAX_CANDIDATES
+
+        shown = exc.candidates[:MAX_CANDIDATES]
+        lines = [f"prefix {args.id!r} matches several requests; give more characters:"]
+        lines += [f"  {c[0]}  {format_time(c[1])}  {c[2]} {c[3]} -> {c[4]}" for c in shown]
+        if len(exc.candidates) > len(shown):
+            lines.append(f"  ... and more (showing the newest {len(shown)})")
         raise FluxError("\n".join(lines)) from None
     except ValueError as exc:
         raise FluxError(str(exc)) from None

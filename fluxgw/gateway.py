@@ -41,7 +41,14 @@ from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.pool import PoolManager
 from .state import StateDir
 from .tracestore import TraceStore
-from .tracing import Span, TraceRecord, invocation_spans, new_request_id, new_traceparent
+from .tracing import (
+    Span,
+    TraceRecord,
+    invocation_spans,
+    new_request_id,
+    new_traceparent,
+    parse_traceparent,
+)
 
 log = logging.getLogger("fluxgw.gateway")
 
@@ -54,7 +61,8 @@ INTERNAL_PREFIX = "/_flux/"
 @attrs.define
 class GatewayOptions:
     clock: Callable[[], float] = time.time  # wall clock: limiter state survives restarts
-    max_workers: int = 4
+    max_workers: int = 4  # per function; see docs/runtimes.md
+    min_workers: int = 0  # per function, kept warm by the idle reaper
     idle_timeout: float = 300.0
     prewarm: bool = False
     tracing: bool = True
@@ -94,7 +102,9 @@ class Gateway:
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
         self.pool = PoolManager(
-            max_workers=self.options.max_workers, idle_timeout=self.options.idle_timeout
+            max_workers=self.options.max_workers,
+            min_workers=self.options.min_workers,
+            idle_timeout=self.options.idle_timeout,
         )
         self.loader = LiveLoader(state)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
@@ -444,7 +454,8 @@ class Gateway:
             key_name=ex.key_name,
             client_request_id=ex.headers.get("x-request-id"),
             traceparent_in=ex.headers.get("traceparent"),
-            trace_id=ex.trace_id,
+            # a request refused before dispatch still joins the caller's trace, if it sent one
+            trace_id=ex.trace_id or (parse_traceparent(ex.headers.get("traceparent")) or ("",))[0],
             spans=[gateway_span, *ex.extra_spans],
             logs=list(ex.logs),
             async_state="queued" if ex.span.get("queued") else None,

@@ -45,6 +45,7 @@ OnEvent = Callable[["Job", str, dict[str, Any]], None]
 POLL_INTERVAL = 0.5  # how often due retries are looked for when nothing else wakes us
 REQUEUE_TIMEOUT = 2.0  # shielded write on cancellation: put in-flight jobs back
 PRUNE_EVERY = 60.0  # seconds between deletions of old finished jobs
+RETRY_STATUSES = (502, 504)  # failures a retry may cure (SPEC §5); others fail at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -312,7 +313,10 @@ class JobQueue:
                 await self._finish_failed(job, str(exc), None, started, emit, exc)
             except FunctionFailed as exc:
                 error = f"{exc.code}: {exc.message}"
-                await self._retry_or_fail(job, error, exc.status, started, emit, exc)
+                if exc.status in RETRY_STATUSES:
+                    await self._retry_or_fail(job, error, exc.status, started, emit, exc)
+                else:  # e.g. 413: the same input fails the same way, retrying cures nothing
+                    await self._finish_failed(job, error, exc.status, started, emit, exc)
             except Exception as exc:
                 # A bug on our side must not stop the dispatcher; the job may still succeed.
                 log.exception("queue: invoking %s for %s failed", job.function, job.request_id)

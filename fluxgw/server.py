@@ -36,6 +36,10 @@ class ServerConfig:
     tracing: bool = True
     grace_period: float = 10.0
     access_log: bool = False
+    max_workers: int = 4  # warm workers per function (SPEC §6, docs/runtimes.md)
+    min_workers: int = 0
+    idle_timeout: float = 300.0
+    prewarm: bool = False  # `flux dev` always pre-warms
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -75,7 +79,11 @@ async def serve_gateway(
 
 async def _main(config: ServerConfig) -> None:
     state = StateDir(config.project_dir)
-    gateway = Gateway(state, GatewayOptions(tracing=config.tracing, prewarm=config.dev))
+    gateway = Gateway(state, GatewayOptions(
+        tracing=config.tracing, prewarm=config.dev or config.prewarm,
+        max_workers=config.max_workers, min_workers=config.min_workers,
+        idle_timeout=config.idle_timeout,
+    ))
     await trio.to_thread.run_sync(gateway.load)
     shutdown = trio.Event()
 

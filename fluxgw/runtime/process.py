@@ -3,8 +3,10 @@
 The decisions (which worker, when to stop it) live in :mod:`fluxgw.runtime.pool`; the byte
 rules live in :mod:`fluxgw.runtime.protocol`. This module is the I/O between them.
 
-Pipes of a worker: its stdin carries requests; a dedicated pipe (``FLUX_PROTOCOL_FD``) carries
-its answers; its fd 1 and fd 2 share one more pipe that :meth:`Worker.supervise` drains, so a
+Pipes of a worker: a dedicated pipe (``FLUX_REQUEST_FD``) carries requests and another
+(``FLUX_PROTOCOL_FD``) its answers; its stdin is /dev/null, so a child process it spawns with an
+inherited stdin (deno's ``Deno.Command`` default) cannot swallow request frames; its fd 1 and
+fd 2 share one more pipe that :meth:`Worker.supervise` drains, so a
 function (or a child it spawned) writing there can neither block nor corrupt anything.
 Every worker is the leader of its own session/process group, and is always stopped by
 signalling the whole group: a function's grandchildren die with it.
@@ -67,13 +69,18 @@ class Worker:
     """A running worker process of one function."""
 
     def __init__(
-        self, spec: FunctionSpec, process: trio.Process, answers: trio.lowlevel.FdStream
+        self,
+        spec: FunctionSpec,
+        process: trio.Process,
+        answers: trio.lowlevel.FdStream,
+        requests: trio.lowlevel.FdStream,
     ) -> None:
         self.spec = spec
         self.process = process
         self.pid: int = process.pid
         self.protocol = protocol.WorkerProtocol()
         self._answers = answers
+        self._requests = requests
         self.sink: list[LogLine] | None = None  # the current invocation's log lines
         self.started_at = time.monotonic()
         self.last_used = 0.0  # pool clock reading when it last became idle
@@ -87,23 +94,31 @@ class Worker:
     async def spawn(cls, spec: FunctionSpec, command: list[str]) -> Worker:
         """Start the process (not yet ready: call :meth:`wait_ready`)."""
         read_fd, write_fd = os.pipe()
+        request_read, request_write = os.pipe()
+        env = worker_env(spec, write_fd)
+        env["FLUX_REQUEST_FD"] = str(request_read)
         try:
             process = await trio.lowlevel.open_process(
                 command,
-                stdin=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, request_read),
                 start_new_session=True,  # its own process group: killpg reaches grandchildren
                 cwd=str(spec.directory),
-                env=worker_env(spec, write_fd),
+                env=env,
             )
         except BaseException:
             os.close(read_fd)
+            os.close(request_write)
             raise
         finally:
-            os.close(write_fd)  # the child holds it now; our copy would hide its EOF
-        return cls(spec, process, trio.lowlevel.FdStream(read_fd))
+            # The child holds them now; our copies would hide its EOF / keep its input open.
+            os.close(write_fd)
+            os.close(request_read)
+        return cls(
+            spec, process, trio.lowlevel.FdStream(read_fd), trio.lowlevel.FdStream(request_write)
+        )
 
     @property
     def alive(self) -> bool:
@@ -175,7 +190,7 @@ class Worker:
             frame = self.protocol.send_invoke(request, body)
             # If it died, sending fails: reading then tells us how (end of stream).
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.process.stdin.send_all(frame)  # type: ignore[union-attr]
+                await self._requests.send_all(frame)
             event = await self._next_event()
             if isinstance(event, protocol.Result | protocol.HandlerError):
                 return event
@@ -235,7 +250,7 @@ class Worker:
                 self._signal_group(signal.SIGKILL)
                 await self.process.wait()
                 self.returncode = self.process.returncode
-                for stream in (self._answers, self.process.stdin, self.process.stdout):
+                for stream in (self._answers, self._requests, self.process.stdout):
                     if stream is not None:
                         await stream.aclose()
                 self.exited.set()
@@ -243,7 +258,7 @@ class Worker:
     async def _stop_when_requested(self) -> None:
         await self.stop_requested.wait()
         with trio.move_on_after(0.1):
-            await self.process.stdin.aclose()  # type: ignore[union-attr]
+            await self._requests.aclose()  # end of input: the worker exits
         self._signal_group(signal.SIGTERM)
         await trio.sleep(KILL_GRACE)
         self._signal_group(signal.SIGKILL)

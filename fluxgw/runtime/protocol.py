@@ -14,7 +14,7 @@ stdout), so whatever a function or its children print cannot corrupt the stream.
 Messages, by ``header["type"]``:
 
 - gateway -> worker: ``invoke`` {id, method, url, path, query, headers, request_id, function,
-  deadline, traceparent} + request body. Closing the worker's stdin asks it to exit.
+  deadline, traceparent} + request body. Closing the request pipe asks the worker to exit.
 - worker -> gateway: ``ready`` {pid, runtime} once the function's module is loaded;
   ``start_failed`` {error, traceback} if loading it failed; ``log`` {stream, text, ts} per line
   printed or logged; ``result`` {id, status, headers} + response body; ``error`` {id, error,

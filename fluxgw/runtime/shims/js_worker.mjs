@@ -1,7 +1,8 @@
-// JS worker for node and deno: load one function module once, serve invocations until stdin
-// closes. Framing and messages: see fluxgw/runtime/protocol.py.
+// JS worker for node and deno: load one function module once, serve invocations until the
+// request pipe closes. Framing and messages: see fluxgw/runtime/protocol.py.
 //
-// Requests arrive on stdin; answers go to the dedicated pipe named by FLUX_PROTOCOL_FD (opened
+// Requests arrive on the pipe named by FLUX_REQUEST_FD (stdin is /dev/null, so a child process
+// spawned with an inherited stdin cannot swallow them; plain stdin without it); answers go to the dedicated pipe named by FLUX_PROTOCOL_FD (opened
 // via /dev/fd on deno, written directly on node), never to stdout, so nothing the function
 // prints can corrupt them. console.* becomes per-line "log" frames; raw process.stdout writes go
 // to fd 1, which the gateway drains separately.
@@ -61,8 +62,18 @@ for (const [name, stream] of [
   console[name] = (...args) => log(stream, format(...args));
 }
 
-// Pull-based reader over stdin: frames are read one at a time, between invocations.
-const chunks = isDeno ? Deno.stdin.readable[Symbol.asyncIterator]() : process.stdin[Symbol.asyncIterator]();
+// Pull-based reader over the request pipe: frames are read one at a time, between invocations.
+const inFd = env("FLUX_REQUEST_FD");
+let input;
+if (isDeno) {
+  input = inFd ? (await Deno.open(`/dev/fd/${inFd}`, { read: true })).readable : Deno.stdin.readable;
+} else if (inFd) {
+  const net = await import("node:net");
+  input = new net.Socket({ fd: Number(inFd), readable: true, writable: false });
+} else {
+  input = process.stdin;
+}
+const chunks = input[Symbol.asyncIterator]();
 let pending = [];
 let pendingLength = 0;
 

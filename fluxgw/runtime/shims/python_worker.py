@@ -1,4 +1,4 @@
-"""Python worker: load one function's module once, then serve invocations until stdin closes.
+"""Python worker: load one function's module once, then serve invocations until its input closes.
 
 Run as ``python -I -B python_worker.py ENTRY`` with ``FLUX_PROTOCOL_FD`` naming the pipe the
 gateway reads (see fluxgw/runtime/protocol.py for the framing). Deliberately stdlib-only and
@@ -6,8 +6,9 @@ import-light: its cold start is measured against bare ``python3 -c pass``, so as
 and traceback are imported only when a function needs them.
 
 Why the fd juggling: the protocol must survive anything a function prints. Requests arrive on
-fd 0, which is moved to a private descriptor (fd 0 becomes /dev/null, so ``input()`` or a child
-process cannot eat frames); answers go out on a dedicated pipe that children do not inherit.
+the pipe named by ``FLUX_REQUEST_FD``, made non-inheritable (without it, on fd 0, moved to a
+private descriptor; fd 0 becomes /dev/null, so ``input()`` or a child process cannot eat
+frames); answers go out on a dedicated pipe that children do not inherit.
 ``print``/``sys.stderr``/``ctx.logger`` become per-line ``log`` frames; raw writes to fd 1/2
 go to a separate pipe the gateway drains.
 """
@@ -300,7 +301,12 @@ def main() -> None:
     global _in_fd, _out_fd
     _out_fd = int(os.environ.pop("FLUX_PROTOCOL_FD"))
     os.set_inheritable(_out_fd, False)  # a child process must not hold our answers' pipe open
-    _in_fd = os.dup(0)  # non-inheritable by default (PEP 446)
+    request_fd = os.environ.pop("FLUX_REQUEST_FD", None)
+    if request_fd is not None:  # the gateway's request pipe (stdin is /dev/null)
+        _in_fd = int(request_fd)
+        os.set_inheritable(_in_fd, False)
+    else:
+        _in_fd = os.dup(0)  # non-inheritable by default (PEP 446)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
