@@ -8,11 +8,15 @@ every worker process group. Exit code 0.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import gc
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -85,6 +89,7 @@ async def _main(config: ServerConfig) -> None:
         idle_timeout=config.idle_timeout,
     ))
     await trio.to_thread.run_sync(gateway.load)
+    tune_garbage_collector()
     shutdown = trio.Event()
 
     def ready(binds: list[str]) -> None:
@@ -121,13 +126,54 @@ async def _watch_signals(shutdown: trio.Event) -> None:
             shutdown.set()
 
 
+def tune_garbage_collector() -> None:
+    """Fewer, cheaper collections on the request path.
+
+    Every request allocates a few dozen short-lived containers; with the default gen-0
+    threshold (700) that is a collection every few requests, each also walking the thousands
+    of objects loaded at start-up. Freezing those and collecting gen 0 per 50,000 allocations
+    gave +5-10% req/s on the 401 path (scripts/bench); memory between collections stays in
+    the low megabytes.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
+@contextlib.contextmanager
+def single_gateway(state: StateDir) -> Iterator[None]:
+    """Hold .flux/gateway.lock while serving: one gateway per project folder.
+
+    Limiter state, the async queue and key usage are owned by one process; a second gateway
+    on the same folder would keep its own buckets (limits no longer exact) and re-queue the
+    first one's running jobs. Refuse it with a clear message instead.
+    """
+    state.ensure()
+    path = state.root / "gateway.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FluxError(
+                f"another flux gateway (pid {holder}) is already serving {state.project_dir}; "
+                "stop it first (one gateway per project folder)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def run_server(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     failure: OSError | None = None
-    try:
-        trio.run(_main, config)
-    except* OSError as group:
-        failure = group.exceptions[0]  # type: ignore[assignment]
+    with single_gateway(StateDir(config.project_dir)):
+        try:
+            trio.run(_main, config)
+        except* OSError as group:
+            failure = group.exceptions[0]  # type: ignore[assignment]
     if failure is not None:
         where = f"{config.host}:{config.port}"
         raise FluxError(f"cannot listen on {where}: {failure.strerror or failure}")

@@ -266,3 +266,14 @@ def test_unknown_json_body_and_text_bodies(deployed: Path) -> None:
         )
         assert bad_json.status_code in (200, 400)
         json.loads(bad_json.text)
+
+
+def test_a_second_gateway_on_the_same_project_is_refused(deployed: Path) -> None:
+    with serve(deployed) as gw:
+        second = flux(deployed, "serve", "--port", "0", check=False, timeout=30)
+        assert second.returncode == 1
+        assert f"pid {gw.process.pid}" in second.stderr
+        assert "already serving" in second.stderr
+        assert second.stderr.count("\n") == 1
+    with serve(deployed):  # the lock went with the first gateway
+        pass
