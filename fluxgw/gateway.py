@@ -9,7 +9,6 @@ included. Background work (live reload, workers, trace writer, queue, state savi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from . import cors, keys
@@ -313,7 +313,7 @@ class Gateway:
             await self.queue.enqueue(invocation, spec.name)
             ex.span["queued"] = True
             payload = {"request_id": ex.request_id, "status": "queued"}
-            return 202, [JSON], json.dumps(payload).encode()
+            return 202, [JSON], orjson.dumps(payload)
         try:
             result = await self.pool.invoke(spec, invocation)
         except FunctionFailed as failure:
@@ -340,7 +340,7 @@ class Gateway:
             "deployment": live.deployment.version,
             "functions": len(live.deployment.functions),
         }
-        return 200, [JSON, ("cache-control", "no-store")], json.dumps(payload).encode()
+        return 200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload)
 
     async def _internal(self, ex: Exchange, record: keys.KeyRecord) -> tuple[int, Headers, bytes]:
         """/_flux/ endpoints. Metrics and invocation results need an unscoped key of this
@@ -367,7 +367,7 @@ class Gateway:
             job = await trio.to_thread.run_sync(self.queue.get, request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
-            return 200, [JSON], json.dumps(job_to_json(job)).encode()
+            return 200, [JSON], orjson.dumps(job_to_json(job))
         raise HttpError(404, "not_found", f"no gateway endpoint at {ex.path}")
 
     def _invocation(
@@ -416,10 +416,12 @@ class Gateway:
                 ex.live.cors, ex.headers.get("origin"), ex.method
             )
             ex.span["cors"] = decision
-            vary = [v for n, v in cors_headers if n.lower() == "vary"]
-            headers = [*headers, *((n, v) for n, v in cors_headers if n.lower() != "vary")]
-            if vary:
+            if any(name == "vary" for name, _ in headers):  # the function set its own Vary
+                vary = [v for n, v in cors_headers if n.lower() == "vary"]
+                headers = [*headers, *((n, v) for n, v in cors_headers if n.lower() != "vary")]
                 headers = cors.merge_vary(headers, vary)
+            else:  # the common case: nothing to merge (function headers are lower-cased)
+                headers = [*headers, *cors_headers]
         headers.extend(ex.rate_headers)
         headers.append(("x-request-id", ex.request_id))
         return headers

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+import orjson
 
 from .errors import HttpError
 
@@ -64,9 +65,7 @@ def too_large(limit: int) -> HttpError:
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:
-    return json.dumps(
-        {"error": code, "message": message, "request_id": request_id}, separators=(",", ":")
-    ).encode()
+    return orjson.dumps({"error": code, "message": message, "request_id": request_id})
 
 
 async def send_response(send: Send, status: int, headers: Headers, body: bytes) -> None:

@@ -379,8 +379,11 @@ def _lines(stream: str, text: str) -> list[LogLine]:
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:
     """The ``invoke`` frame's fields; the caller's Authorization is dropped defensively."""
-    headers = [(name.lower(), value) for name, value in invocation.headers]
-    headers = [(name, value) for name, value in headers if name != "authorization"]
+    headers = [
+        (lower, value)
+        for name, value in invocation.headers
+        if (lower := name.lower()) != "authorization"
+    ]
     names = {name for name, _ in headers}
     if "x-request-id" not in names:
         headers.append(("x-request-id", invocation.request_id))
@@ -398,8 +401,8 @@ def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float)
         "method": invocation.method,
         "url": url,
         "path": invocation.path,
-        "query": [list(pair) for pair in pairs],
-        "headers": [list(pair) for pair in headers],
+        "query": pairs,  # tuples serialise as JSON arrays
+        "headers": headers,
         "request_id": invocation.request_id,
         "function": spec.name,
         "deadline": deadline,

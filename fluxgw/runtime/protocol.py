@@ -33,12 +33,12 @@ reused: its process group is killed.
 from __future__ import annotations
 
 import enum
-import json
 import re
 import struct
 from typing import Any
 
 import attrs
+import orjson
 
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 1024 * 1024  # headers are small JSON; a bigger one means a corrupt stream
@@ -114,7 +114,7 @@ Event = Ready | StartFailed | Log | Result | HandlerError | Closed
 
 def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
     """One frame: prefix, JSON header, raw body."""
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = orjson.dumps(header)  # every request: ~10x faster than json.dumps
     if len(raw) > MAX_HEADER:
         raise ValueError(f"frame header too large ({len(raw)} bytes)")
     if len(body) > MAX_BODY:
@@ -152,8 +152,8 @@ class FrameDecoder:
         body = bytes(self._buffer[PREFIX.size + header_len : end])
         del self._buffer[:end]
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise ProtocolError(f"frame header is not JSON: {exc}") from None
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             raise ProtocolError("frame header is not an object with a 'type'")
