@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import inproc, profile, report, servers
+from benchlib import devreload, inproc, profile, report, servers
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -223,6 +223,12 @@ def build(s: Settings, results: dict) -> tuple[list[list[str]], list[list[str]],
                      f"{on / off:.2f} ({on:,.0f} vs {off:,.0f} req/s)", ">= 0.9",
                      verdict(on / off >= 0.9, f"{0.9 - on / off:.2f} short")])
 
+    dev = results["devreload"]
+    rows.append([f"flux dev save-to-served, median of {dev['edits']} edits",
+                 f"{dev['median_ms']:.0f} ms (p90 {dev['p90_ms']:.0f}, max {dev['max_ms']:.0f})",
+                 "< 500 ms", verdict(dev["median_ms"] < 500,
+                                     f"{dev['median_ms'] - 500:.0f} ms over")])
+
     detail: list[list[str]] = []
     labels = {"ceiling (before)": "ceiling, start of run", "ceiling (after)": "ceiling, end of run",
               "gw-python": "gateway -> python", "gw-node": "gateway -> node",
@@ -396,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         results["cold"][rt] = cold
         log(f"{rt}: first invoke {cold['wall'].median:.1f} ms, bare spawn "
             f"{cold['spawn'].median:.1f} ms")
+    log("flux dev: save-to-served latency")
+    results["devreload"] = devreload.measure(5 if s.quick else 20)
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     try:
         results["http"] = http_benchmarks(s, work, available, args.profile)

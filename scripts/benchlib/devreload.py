@@ -1,6 +1,6 @@
 """Save-to-served latency of `flux dev`: edit a function, time until the new code answers.
 
-Run alone (`.venv/bin/python scripts/bench_devreload.py`) or from scripts/bench. The clock
+Part of scripts/bench; alone: `.venv/bin/python scripts/benchlib/devreload.py [EDITS]`. The clock
 starts just before the file is written and stops at the first response carrying the new
 version; polling every 5 ms adds at most that much.
 """
