@@ -61,12 +61,15 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
                 print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
 
 
-def deploy(project_dir: Path, args: argparse.Namespace) -> int:
-    state = StateDir(project_dir)
+def _deploy_and_print(state: StateDir) -> None:
     load_settings(state, create=True)
     deployment = deploy_functions(state)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
+
+
+def deploy(project_dir: Path, args: argparse.Namespace) -> int:
+    _deploy_and_print(StateDir(project_dir))
     return 0
 
 
@@ -105,11 +108,7 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
-    state = StateDir(project_dir)
-    load_settings(state, create=True)
-    deployment = deploy_functions(state)
-    print(f"Deployed version {deployment.version} from source:")
-    print_routes(deployment)
+    _deploy_and_print(StateDir(project_dir))
     config = ServerConfig(project_dir=project_dir, host=args.host, port=args.port, dev=True,
                           **pool_options(args))
     return run_server(config)

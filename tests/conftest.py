@@ -52,6 +52,15 @@ def flux(
     return result
 
 
+def key_for(project: Path, name: str = "k", *extra: str) -> str:
+    """A new API key from the real `flux api-keys create`."""
+    return flux(project, "api-keys", "create", "--name", name, *extra).stdout.strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
 class RunningGateway:
     def __init__(self, process: subprocess.Popen[str], url: str) -> None:
         self.process = process

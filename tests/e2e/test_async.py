@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import flux, serve, write_function
+from conftest import bearer, flux, key_for, serve, write_function
 
 JOB = """
 import json, time
@@ -35,14 +35,6 @@ def deployed(project: Path) -> Path:
     write_function(project, "crash", CRASH, route="/crash", **{"async": True})
     flux(project, "deploy")
     return project
-
-
-def key_for(project: Path, name: str = "k", *extra: str) -> str:
-    return flux(project, "api-keys", "create", "--name", name, *extra).stdout.strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def invocation(client: httpx.Client, key: str, request_id: str) -> dict:

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 import trio
-from conftest import flux, serve, write_function
+from conftest import bearer, flux, key_for, serve, write_function
 
 HELLO = """
 def handler(request, ctx):
@@ -45,14 +45,6 @@ def deployed(project: Path) -> Path:
     write_function(project, "garbage", GARBAGE, route="/garbage")
     flux(project, "deploy")
     return project
-
-
-def key_for(project: Path, name: str = "k", *extra: str) -> str:
-    return flux(project, "api-keys", "create", "--name", name, *extra).stdout.strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import flux, serve, write_function
+from conftest import bearer, flux, key_for, serve, write_function
 
 from fluxgw.state import StateDir
 from fluxgw.tracestore import TraceStore
@@ -41,14 +41,6 @@ def deployed(project: Path) -> Path:
     write_function(project, "hang", HANG, route="/hang", timeout=1)
     flux(project, "deploy")
     return project
-
-
-def key_for(project: Path, name: str = "k", *extra: str) -> str:
-    return flux(project, "api-keys", "create", "--name", name, *extra).stdout.strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def wait_visible(project: Path, request_id: str) -> float:
