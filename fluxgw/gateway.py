@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +19,9 @@ import orjson
 import trio
 
 from . import cors, keys
+from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
 from .httpio import (
-    HOP_BY_HOP,
     MAX_BODY,
     Headers,
     Receive,
@@ -34,7 +33,6 @@ from .httpio import (
 )
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
-from .project import FunctionSpec
 from .queue import JobQueue, UnknownFunction, job_to_json
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
@@ -46,7 +44,6 @@ from .tracing import (
     TraceRecord,
     invocation_spans,
     new_request_id,
-    new_traceparent,
     parse_traceparent,
 )
 
@@ -308,7 +305,11 @@ class Gateway:
         # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
         # 6. dispatch
         body = await read_body(receive, ex.headers.get("content-length"), self.options.max_body)
-        invocation = self._invocation(ex, scope, spec, body)
+        invocation = build_invocation(
+            request_id=ex.request_id, method=ex.method, path=ex.path, headers=ex.headers,
+            scope=scope, spec=spec, body=body,
+        )
+        ex.traceparent, ex.trace_id = invocation.traceparent, invocation.trace_id
         if spec.is_async:
             await self.queue.enqueue(invocation, spec.name)
             ex.span["queued"] = True
@@ -320,7 +321,7 @@ class Gateway:
             self._runtime_spans(ex, failure=failure)
             raise HttpError(failure.status, failure.code, failure.message) from None
         self._runtime_spans(ex, result=result)
-        return result.status, self._function_headers(result), result.body
+        return result.status, function_headers(result.headers), result.body
 
     # -- steps -------------------------------------------------------------------------------
     def _preflight(self, ex: Exchange) -> tuple[int, Headers, bytes]:
@@ -369,45 +370,6 @@ class Gateway:
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return 200, [JSON], orjson.dumps(job_to_json(job))
         raise HttpError(404, "not_found", f"no gateway endpoint at {ex.path}")
-
-    def _invocation(
-        self, ex: Exchange, scope: dict[str, Any], spec: FunctionSpec, body: bytes
-    ) -> Invocation:
-        traceparent, trace_id = new_traceparent(ex.headers.get("traceparent"))
-        ex.traceparent, ex.trace_id = traceparent, trace_id
-        query = scope.get("query_string", b"").decode("latin-1")
-        host = ex.headers.get("host") or "{}:{}".format(*(scope.get("server") or ("localhost", 80)))
-        url = f"{scope.get('scheme', 'http')}://{host}{urllib.parse.quote(ex.path)}"
-        if query:
-            url += "?" + query
-        forwarded = [
-            (name, value)
-            for name, value in ex.headers.items()
-            # the caller's key never reaches a function; ours replace client-sent values
-            if name not in ("authorization", "x-request-id", "traceparent", "tracestate")
-        ]
-        forwarded += [("x-request-id", ex.request_id), ("traceparent", traceparent)]
-        return Invocation(
-            request_id=ex.request_id,
-            function=spec.name,
-            method=ex.method,
-            url=url,
-            path=ex.path,
-            query_string=query,
-            headers=tuple(forwarded),
-            body=body,
-            deadline=time.time() + spec.timeout,
-            traceparent=traceparent,
-        )
-
-    def _function_headers(self, result: InvocationResult) -> Headers:
-        headers: Headers = []
-        for name, value in result.headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or not _valid_header(lower, value):
-                continue
-            headers.append((lower, value))
-        return headers
 
     def _finish(self, ex: Exchange, status: int, headers: Headers) -> Headers:
         """Steps 4 and 5 for every answer: CORS headers, rate-limit fields, x-request-id."""
@@ -474,13 +436,3 @@ class Gateway:
     def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
         self.traces.update_async_state(job.request_id, event, details)
 
-
-def _valid_header(name: str, value: str) -> bool:
-    if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
-        return False
-    try:
-        name.encode("ascii")
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -35,6 +35,7 @@ class Invocation:
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names; no Authorization
     body: bytes = b""
     traceparent: str | None = None
+    trace_id: str = ""  # the W3C trace id in ``traceparent`` (recorded in the trace)
 
 
 @attrs.frozen

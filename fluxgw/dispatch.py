@@ -1,0 +1,75 @@
+"""Step 6's translations between HTTP and the runtime: the Invocation a function receives,
+and which of a function's response headers may reach the client."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from typing import Any
+
+from .httpio import HOP_BY_HOP, Headers
+from .project import FunctionSpec
+from .runtime.api import Invocation
+from .tracing import new_traceparent
+
+# Never forwarded from the caller: the key never reaches a function, and the gateway's own
+# request id and trace context replace whatever the client sent.
+NOT_FORWARDED = frozenset({"authorization", "x-request-id", "traceparent", "tracestate"})
+
+
+def build_invocation(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    scope: dict[str, Any],
+    spec: FunctionSpec,
+    body: bytes,
+) -> Invocation:
+    """The invocation for ``spec``: full URL, filtered headers, a fresh W3C traceparent that
+    continues the caller's trace (if it sent one), and the function's deadline."""
+    traceparent, trace_id = new_traceparent(headers.get("traceparent"))
+    query = scope.get("query_string", b"").decode("latin-1")
+    host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("localhost", 80)))
+    url = f"{scope.get('scheme', 'http')}://{host}{urllib.parse.quote(path)}"
+    if query:
+        url += "?" + query
+    forwarded = [(name, value) for name, value in headers.items() if name not in NOT_FORWARDED]
+    forwarded += [("x-request-id", request_id), ("traceparent", traceparent)]
+    return Invocation(
+        request_id=request_id,
+        function=spec.name,
+        method=method,
+        url=url,
+        path=path,
+        query_string=query,
+        headers=tuple(forwarded),
+        body=body,
+        deadline=time.time() + spec.timeout,
+        traceparent=traceparent,
+        trace_id=trace_id,
+    )
+
+
+def function_headers(pairs: tuple[tuple[str, str], ...]) -> Headers:
+    """A function's response headers, lower-cased, without hop-by-hop fields (the gateway
+    frames the response itself) and without values that would break the HTTP framing."""
+    headers: Headers = []
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or not _valid_header(lower, value):
+            continue
+        headers.append((lower, value))
+    return headers
+
+
+def _valid_header(name: str, value: str) -> bool:
+    if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
+        return False
+    try:
+        name.encode("ascii")
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
