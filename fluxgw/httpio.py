@@ -22,12 +22,15 @@ HOP_BY_HOP = frozenset({
 
 
 def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Lower-case name -> value; repeated names are joined with ', ' (RFC 9110 §5.3)."""
+    """Lower-case name -> value; repeated names are joined with ', ' (RFC 9110 §5.3), except
+    Cookie, whose pairs are joined with '; ' (RFC 6265 §5.4)."""
     headers: dict[str, str] = {}
     for name_b, value_b in raw:
         name = name_b.decode("latin-1").lower()
         value = value_b.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if name in headers:
+            value = f"{headers[name]}{'; ' if name == 'cookie' else ', '}{value}"
+        headers[name] = value
     return headers
 
 
