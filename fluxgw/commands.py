@@ -92,6 +92,9 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         project_dir=project_dir, host=args.host, port=args.port,
         tracing=not args.no_tracing, **pool_options(args),
     )
+    if load_deployment(StateDir(project_dir)).version == 0:
+        print("warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
+              "(the gateway picks it up without a restart)", file=sys.stderr)
     return run_server(config)
 
 
