@@ -49,6 +49,7 @@ class FunctionPool:
         self.idle: list[Worker] = []  # LIFO: the warmest worker first, the rest can be reaped
         self.busy: set[Worker] = set()
         self.starting = 0
+        self.warming = 0  # pre-warm starts planned or running (their worker goes idle)
         self.draining = False
 
     @property
@@ -116,6 +117,10 @@ class PoolManager:
         for pool in old.values():
             self._retire(pool)
         self._prewarm = list(self._pools.values()) if prewarm else []
+        if self._nursery is not None and not self._closed:
+            # Now, not at the run loop's next wake-up: a request arriving meanwhile would
+            # cold-start a second worker next to the pre-warm one (see invoke()).
+            self._start_prewarm(self._nursery)
         self._wakeup.set()
         self._notify()
 
@@ -156,15 +161,23 @@ class PoolManager:
         started = trio.current_time()
         # One cancel scope covers the wait for a slot, the cold start and the call.
         with trio.move_on_at(started + (deadline - now)) as scope:
+            warm_wait_ms = 0.0
+            if pool.warming and not pool.idle:
+                # Its pre-warm worker is on the way (just deployed): wait for it rather than
+                # start a second cold worker racing it for the CPU. Waited before taking a
+                # slot, as the pre-warm may still need one.
+                phase = "starting its worker"
+                await self._wait_until(lambda: bool(pool.idle) or not pool.warming)
+                warm_wait_ms = (trio.current_time() - started) * 1000
             async with pool.slots:
-                queued_ms = (trio.current_time() - started) * 1000
+                queued_ms = (trio.current_time() - started) * 1000 - warm_wait_ms
                 worker = pool.take_idle()
-                cold, startup_ms = worker is None, 0.0
+                cold, startup_ms = worker is None or warm_wait_ms > 0, warm_wait_ms
                 if worker is None:
                     phase = "starting its worker"
                     spawn_at = trio.current_time()
                     worker = await self._start_worker(pool)
-                    startup_ms = (trio.current_time() - spawn_at) * 1000
+                    startup_ms += (trio.current_time() - spawn_at) * 1000
                 phase = "running"
                 pool.busy.add(worker)
                 call_at = trio.current_time()
@@ -320,16 +333,21 @@ class PoolManager:
             if pool.draining or self._finder.problem(pool.spec.runtime):
                 continue
             for _ in range(target - pool.size):
+                pool.warming += 1
                 nursery.start_soon(self._prewarm_one, pool)
 
     async def _prewarm_one(self, pool: FunctionPool) -> None:
-        async with pool.slots:
-            try:
-                worker = await self._start_worker(pool)
-            except FunctionFailed as exc:
-                logger.warning("pre-warming %s failed: %s", pool.spec.name, exc.message)
-                return
-            self._release(pool, worker)
+        try:
+            async with pool.slots:
+                try:
+                    worker = await self._start_worker(pool)
+                except FunctionFailed as exc:
+                    logger.warning("pre-warming %s failed: %s", pool.spec.name, exc.message)
+                    return
+                self._release(pool, worker)
+        finally:
+            pool.warming -= 1
+            self._notify()  # requests waiting for this worker go on (take it or start one)
 
     async def aclose(self) -> None:
         """Stop all workers (idempotent): idle ones now, busy ones after their invocation

@@ -2,7 +2,9 @@
 
 Part of scripts/bench; alone: `.venv/bin/python scripts/benchlib/devreload.py [EDITS]`. The clock
 starts just before the file is written and stops at the first response carrying the new
-version; polling every 5 ms adds at most that much.
+version; polling every 5 ms adds at most that much. The project is on the team plan: at ~200
+polls/s the free plan's limiter (60/min, burst 120) would answer 429 after two seconds, and
+the figures would measure its one-token-per-second refill instead of the reload.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def measure(edits: int = 20) -> dict[str, float]:
             json.dumps({"name": "v", "runtime": "python", "route": "/v", "method": "GET"})
         )
         (folder / "main.py").write_text(CODE.format(n=0))
+        subprocess.run(
+            [FLUX, "--project", tmp, "project", "update", "--plan", "team"],
+            capture_output=True, text=True, check=True,
+        )
         key = subprocess.run(
             [FLUX, "--project", tmp, "api-keys", "create", "--name", "bench"],
             capture_output=True, text=True, check=True,
@@ -80,6 +86,8 @@ def _wait_version(client: httpx.Client, n: int, *, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         response = client.get("/v")
+        if response.status_code == 429:
+            raise RuntimeError(f"rate limited, the figures would be meaningless: {response.text}")
         if response.status_code == 200 and response.json() == {"version": n}:
             return
         time.sleep(0.005)

@@ -18,6 +18,7 @@ def wait_for(client: httpx.Client, key: str, expected: object, limit: float) -> 
     started = time.monotonic()
     while True:
         response = client.get("/v", headers={"authorization": f"Bearer {key}"})
+        assert response.status_code != 429, "rate limited: this would time the limiter"
         if response.status_code == 200 and response.json() == expected:
             return time.monotonic() - started
         assert time.monotonic() - started < limit, f"still {response.status_code} {response.text}"
@@ -35,9 +36,8 @@ def test_saved_change_is_served_quickly_and_bad_change_keeps_last_good(project: 
         for version in range(2, 6):
             (folder / "main.py").write_text(V1.replace("1}", f"{version}}}"))
             latencies.append(wait_for(client, key, {"version": version}, 3))
-        latencies.sort()
         print("save-to-served seconds:", latencies)
-        assert latencies[len(latencies) // 2] < 0.5, latencies  # median save-to-served
+        assert max(latencies) < 0.5, latencies  # every save, not just the median (~0.1 s)
 
         (folder / "flux.json").write_text(
             json.dumps({"name": "v", "runtime": "python", "route": "/v", "method": "GETT"})
