@@ -52,6 +52,7 @@ def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
     config.graceful_timeout = grace_period
     config.keep_alive_timeout = 75  # longer than common client pools' idle timeouts
     config.accesslog = None
+    config.include_server_header = False  # do not advertise the server software and version
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
