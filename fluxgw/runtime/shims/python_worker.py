@@ -29,13 +29,25 @@ MAX_BODY = 6 * 1024 * 1024
 MAX_LINE = 16 * 1024  # split very long lines so one print cannot make a huge frame
 CO_COROUTINE = 0x80
 
+try:  # frames only; a function's own return value keeps json's semantics (see _json)
+    import orjson
+
+    _encode_frame_header = orjson.dumps
+    _decode_frame_header = orjson.loads
+except ImportError:  # fluxgw depends on orjson, but the shim must not
+
+    def _encode_frame_header(header: dict[str, Any]) -> bytes:
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+
+    _decode_frame_header = json.loads
+
 _write_lock = _thread.allocate_lock()  # user threads may print while we answer
 _out_fd = -1
 _in_fd = -1
 
 
 def send(header: dict[str, Any], body: bytes = b"") -> None:
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = _encode_frame_header(header)
     data = memoryview(PREFIX.pack(len(raw), len(body)) + raw + body)
     with _write_lock:
         while data:
@@ -61,7 +73,7 @@ def receive() -> tuple[dict[str, Any], bytes] | None:
     raw = _read_exact(header_len + body_len)
     if raw is None:
         return None
-    return json.loads(raw[:header_len]), raw[header_len:]
+    return _decode_frame_header(raw[:header_len]), raw[header_len:]
 
 
 def log(stream: str, text: str) -> None:
