@@ -405,6 +405,8 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
+        if not self.traces.enabled:
+            return
         gateway_span = Span(name="gateway", start=ex.started, duration_ms=duration_ms,
                             attributes=ex.span)
         self.traces.record(TraceRecord(
