@@ -31,9 +31,10 @@ from .httpio import (
     read_body,
     send_response,
 )
+from .jobs import job_to_json
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
-from .queue import JobQueue, UnknownFunction, job_to_json
+from .queue import JobQueue, UnknownFunction
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.pool import PoolManager

@@ -17,7 +17,6 @@ that was removed by a redeploy fails at once (:class:`UnknownFunction`).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -27,20 +26,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import trio
 
 from .errors import HttpError, StateError
+from .jobs import Job, invocation_json, job_from_row
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .tracestore import prepare_db_file
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
 Invoke = Callable[[str, Invocation], Awaitable[InvocationResult]]
-OnEvent = Callable[["Job", str, dict[str, Any]], None]
+OnEvent = Callable[[Job, str, dict[str, Any]], None]
 
 POLL_INTERVAL = 0.5  # how often due retries are looked for when nothing else wakes us
 REQUEUE_TIMEOUT = 2.0  # shielded write on cancellation: put in-flight jobs back
@@ -75,57 +74,6 @@ class UnknownFunction(Exception):
     def __init__(self, function: str) -> None:
         super().__init__(f"function {function!r} is no longer deployed")
         self.function = function
-
-
-@attrs.frozen
-class Job:
-    """One async invocation and where it stands."""
-
-    request_id: str
-    function: str
-    invocation: Invocation
-    attempts: int
-    max_attempts: int
-    state: JobState
-    next_run_at: float
-    result_status: int | None
-    result_headers: tuple[tuple[str, str], ...] | None
-    result_body: bytes | None
-    error: str | None
-    created_at: float
-    updated_at: float
-
-
-def _invocation_json(invocation: Invocation) -> str:
-    fields = attrs.asdict(invocation, recurse=False)
-    del fields["body"]  # stored as a BLOB column, not base64 in JSON
-    return json.dumps(fields, separators=(",", ":"))
-
-
-def _tuples(value: Any) -> Any:
-    # JSON turns the header and query pairs into lists; Invocation holds tuples.
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    known = {f.name for f in attrs.fields(Invocation)}
-    fields = {k: _tuples(v) for k, v in json.loads(row["invocation"]).items() if k in known}
-    headers = row["result_headers"]
-    return Job(
-        request_id=row["request_id"],
-        function=row["function"],
-        invocation=Invocation(**fields, body=bytes(row["body"])),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        state=row["state"],
-        next_run_at=row["next_run_at"],
-        result_status=row["result_status"],
-        result_headers=_tuples(json.loads(headers)) if headers is not None else None,
-        result_body=bytes(row["result_body"]) if row["result_body"] is not None else None,
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
@@ -187,7 +135,7 @@ class JobQueue:
         row = (
             invocation.request_id,
             function,
-            _invocation_json(invocation),
+            invocation_json(invocation),
             invocation.body,
             self.max_attempts,
             now,
@@ -230,7 +178,7 @@ class JobQueue:
             row = conn.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
         finally:
             conn.close()
-        return _job_from_row(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     async def fetch(self, request_id: str) -> Job | None:
         """:meth:`get` in a thread, for use on the event loop (``GET /_flux/invocations/ID``)."""
@@ -479,7 +427,7 @@ class JobQueue:
             )
         claimed = []
         for row in rows:
-            job = _job_from_row(row)
+            job = job_from_row(row)
             waited = max(0.0, now - job.updated_at)  # since it was queued or re-queued
             claimed.append(
                 (
@@ -529,45 +477,3 @@ def _safe(on_event: OnEvent | None) -> OnEvent:
             log.exception("queue: on_event(%r) failed for %s", event, job.request_id)
 
     return emit
-
-
-def job_to_json(job: Job) -> dict[str, Any]:
-    """The job as ``GET /_flux/invocations/ID`` shows it; times are epoch seconds."""
-    result = None
-    if job.result_status is not None:
-        result = {"status": job.result_status, "headers": {}, "body": None}
-        headers = job.result_headers or ()
-        merged: dict[str, str] = {}
-        for name, value in headers:
-            # Repeated fields are combined the HTTP way (RFC 9110 §5.3).
-            merged[name] = f"{merged[name]}, {value}" if name in merged else value
-        result["headers"] = merged
-        result.update(_body_json(job.result_body or b"", merged.get("content-type", "")))
-    out: dict[str, Any] = {
-        "request_id": job.request_id,
-        "function": job.function,
-        "status": job.state,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "result": result,
-        "error": job.error,
-    }
-    if job.state == "queued" and job.attempts > 0:
-        out["next_attempt_at"] = job.next_run_at
-    return out
-
-
-def _body_json(body: bytes, content_type: str) -> dict[str, Any]:
-    """The body as JSON when it is JSON, as text when it is UTF-8, else base64."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        try:
-            return {"body": json.loads(body)}
-        except (ValueError, UnicodeDecodeError):
-            pass  # mislabelled: fall back to text or base64 below
-    try:
-        return {"body": body.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}

@@ -12,7 +12,8 @@ import stat
 import pytest
 import trio
 
-from fluxgw.queue import Job, JobQueue, UnknownFunction, job_to_json
+from fluxgw.jobs import Job, job_to_json
+from fluxgw.queue import JobQueue, UnknownFunction
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult, LogLine
 from fluxgw.tracestore import TraceStore
 from fluxgw.tracing import TraceRecord, new_request_id
