@@ -156,7 +156,7 @@ class Gateway:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self.save_state)
+                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
 
     async def _run_queue(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -186,16 +186,20 @@ class Gateway:
         while True:
             await trio.sleep(SAVE_INTERVAL)
             if self._dirty:
-                await trio.to_thread.run_sync(self.save_state)
+                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
 
-    def save_state(self) -> None:
-        """Persist limiter buckets and key last-used times (atomic writes, under the lock)."""
+    def state_snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Limiter buckets and key last-used times, copied on the event loop: iterating them
+        in a thread while requests add keys would fail ('dictionary changed size')."""
         self._dirty = False
-        snapshot = self.limiter.snapshot()
-        usage = dict(self.key_usage)
+        return self.limiter.snapshot(), dict(self.key_usage)
+
+    def save_state(self, snapshot: tuple[dict[str, float], dict[str, float]] | None = None) -> None:
+        """Persist a :meth:`state_snapshot` (atomic writes, under the lock); blocking."""
+        buckets, usage = snapshot if snapshot is not None else self.state_snapshot()
         try:
             with self.state.lock():
-                self.state.write_json(self.state.ratelimit_file, snapshot)
+                self.state.write_json(self.state.ratelimit_file, buckets)
                 if usage:
                     self.state.write_json(self.state.key_usage_file, usage)
         except (StateError, OSError) as exc:
