@@ -15,6 +15,10 @@ from .tracing import new_traceparent
 # Never forwarded from the caller: the key never reaches a function, and the gateway's own
 # request id and trace context replace whatever the client sent.
 NOT_FORWARDED = frozenset({"authorization", "x-request-id", "traceparent", "tracestate"})
+# Owned by the gateway on every answer: a function cannot widen the project's CORS policy
+# (an `Access-Control-Allow-Origin: *` of its own would bypass the allowlist, and two values
+# make browsers refuse the answer) nor contradict the rate-limit fields.
+GATEWAY_OWNED_PREFIXES = ("access-control-", "ratelimit")
 
 
 def build_invocation(
@@ -54,11 +58,16 @@ def build_invocation(
 
 def function_headers(pairs: tuple[tuple[str, str], ...]) -> Headers:
     """A function's response headers, lower-cased, without hop-by-hop fields (the gateway
-    frames the response itself) and without values that would break the HTTP framing."""
+    frames the response itself), without the fields the gateway owns (CORS, rate limit) and
+    without values that would break the HTTP framing."""
     headers: Headers = []
     for name, value in pairs:
         lower = name.lower()
-        if lower in HOP_BY_HOP or not _valid_header(lower, value):
+        if (
+            lower in HOP_BY_HOP
+            or lower.startswith(GATEWAY_OWNED_PREFIXES)
+            or not _valid_header(lower, value)
+        ):
             continue
         headers.append((lower, value))
     return headers

@@ -95,3 +95,28 @@ def test_allowlist_limits_writes_but_not_reads(cors_project: Path) -> None:
         )
         assert preflight.status_code == 204
         assert "access-control-allow-origin" not in preflight.headers
+
+
+WIDENING = (
+    "from fluxgw.runtime import Response\n"
+    "def handler(request, ctx):\n"
+    "    return Response(200, {'ok': True}, {'Access-Control-Allow-Origin': '*',\n"
+    "                    'RateLimit': 'lies', 'X-Own': 'kept'})\n"
+)
+
+
+def test_a_function_cannot_override_the_gateways_cors_or_limits(project: Path) -> None:
+    write_function(project, "wide", WIDENING, route="/wide")
+    flux(project, "deploy")
+    flux(project, "project", "update", "--cors-origin", APP)
+    key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
+    auth = {"authorization": f"Bearer {key}"}
+    with serve(project) as gw, httpx.Client(base_url=gw.url) as client:
+        other = client.post("/wide", headers={**auth, "origin": "http://evil.localhost:666"})
+        assert other.status_code == 200
+        assert "access-control-allow-origin" not in other.headers  # the allowlist holds
+        assert other.headers["x-own"] == "kept"
+        assert other.headers.get_list("ratelimit")[0].startswith('"free";r=')
+        assert len(other.headers.get_list("ratelimit")) == 1
+        allowed = client.post("/wide", headers={**auth, "origin": APP})
+        assert allowed.headers.get_list("access-control-allow-origin") == [APP]
