@@ -309,7 +309,18 @@ class Gateway:
 
         # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
         # 6. dispatch
-        body = await read_body(receive, ex.headers.get("content-length"), self.options.max_body)
+        # The body must arrive within the function's timeout: under trio, hypercorn does not
+        # report a client that stalls or goes away, so an unbounded read would hang forever.
+        with trio.move_on_after(spec.timeout) as reading:
+            body = await read_body(
+                receive, ex.headers.get("content-length"), self.options.max_body
+            )
+        if reading.cancelled_caught:
+            raise HttpError(
+                408, "request_timeout",
+                f"the request body did not arrive within {spec.timeout:g} s",
+                [("connection", "close")],
+            )
         invocation = build_invocation(
             request_id=ex.request_id, method=ex.method, path=ex.path, headers=ex.headers,
             scope=scope, spec=spec, body=body,

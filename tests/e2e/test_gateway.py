@@ -275,3 +275,25 @@ def test_a_second_gateway_on_the_same_project_is_refused(deployed: Path) -> None
         assert second.stderr.count("\n") == 1
     with serve(deployed):  # the lock went with the first gateway
         pass
+
+
+def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path) -> None:
+    import socket
+    import urllib.parse
+
+    write_function(project, "quick", HELLO, route="/quick", timeout=1)
+    flux(project, "deploy")
+    key = key_for(project)
+    with serve(project) as gw:
+        url = urllib.parse.urlsplit(gw.url)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /quick HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                + f"Authorization: Bearer {key}\r\n\r\n".encode() + b"only part"
+            )
+            started = time.monotonic()
+            answer = sock.recv(65536).decode()
+            assert time.monotonic() - started < 3
+        assert answer.startswith("HTTP/1.1 408")
+        assert '"error":"request_timeout"' in answer
+        assert "x-request-id" in answer.lower()
