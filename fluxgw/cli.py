@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--test", action="store_true", help="a flx_test_ key")
     create.add_argument(
-        "--function", action="append", default=[], dest="functions", metavar="F",
+        "--function",
+        action="append",
+        default=[],
+        dest="functions",
+        metavar="F",
         help="scope the key to this function (repeatable)",
     )
     listing = key_commands.add_parser("list", help="list keys")
@@ -62,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     project_commands = project.add_subparsers(dest="project_command", required=True)
     update = project_commands.add_parser("update", help="change plan or CORS allowlist")
     update.add_argument(
-        "--cors-origin", action="append", dest="cors_origins", metavar="URL",
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="URL",
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
@@ -78,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     """Worker pool sizing, per function (docs/runtimes.md)."""
+
     def count(text: str) -> int:
         value = int(text)
         if value < 0:
@@ -85,14 +93,32 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
         return value
 
     group = parser.add_argument_group("worker pool (per function)")
-    group.add_argument("--max-workers", type=count, default=4, metavar="N",
-                       help="most concurrent invocations of one function (default 4)")
-    group.add_argument("--min-workers", type=count, default=0, metavar="N",
-                       help="workers kept warm when idle (default 0)")
-    group.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
-                       help="stop a worker idle this many seconds (default 300)")
-    group.add_argument("--prewarm", action="store_true",
-                       help="start workers on deploy, so first requests are warm (dev: always)")
+    group.add_argument(
+        "--max-workers",
+        type=count,
+        default=4,
+        metavar="N",
+        help="most concurrent invocations of one function (default 4)",
+    )
+    group.add_argument(
+        "--min-workers",
+        type=count,
+        default=0,
+        metavar="N",
+        help="workers kept warm when idle (default 0)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="stop a worker idle this many seconds (default 300)",
+    )
+    group.add_argument(
+        "--prewarm",
+        action="store_true",
+        help="start workers on deploy, so first requests are warm (dev: always)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,10 +38,14 @@ def init(target: Path) -> int:
     state.ensure()
     load_settings(state, create=True)
     print(f"Created a Flux project in {target}")
-    print("  functions/hello_python (python), functions/hello_node (node), "
-          "functions/hello_deno (deno)")
-    print("Next: cd into it, then 'flux dev' to serve it, and "
-          "'flux api-keys create --name dev' for a key.")
+    print(
+        "  functions/hello_python (python), functions/hello_node (node), "
+        "functions/hello_deno (deno)"
+    )
+    print(
+        "Next: cd into it, then 'flux dev' to serve it, and "
+        "'flux api-keys create --name dev' for a key."
+    )
     return 0
 
 
@@ -89,12 +93,18 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
     config = ServerConfig(
-        project_dir=project_dir, host=args.host, port=args.port,
-        tracing=not args.no_tracing, **pool_options(args),
+        project_dir=project_dir,
+        host=args.host,
+        port=args.port,
+        tracing=not args.no_tracing,
+        **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
-        print("warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
-              "(the gateway picks it up without a restart)", file=sys.stderr)
+        print(
+            "warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
+            "(the gateway picks it up without a restart)",
+            file=sys.stderr,
+        )
     return run_server(config)
 
 
@@ -104,16 +114,21 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
         raise FluxError("need --max-workers >= 1 and --min-workers <= --max-workers")
     if args.idle_timeout <= 0:
         raise FluxError("--idle-timeout must be > 0 seconds")
-    return {"max_workers": args.max_workers, "min_workers": args.min_workers,
-            "idle_timeout": args.idle_timeout, "prewarm": args.prewarm}
+    return {
+        "max_workers": args.max_workers,
+        "min_workers": args.min_workers,
+        "idle_timeout": args.idle_timeout,
+        "prewarm": args.prewarm,
+    }
 
 
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
     _deploy_and_print(StateDir(project_dir))
-    config = ServerConfig(project_dir=project_dir, host=args.host, port=args.port, dev=True,
-                          **pool_options(args))
+    config = ServerConfig(
+        project_dir=project_dir, host=args.host, port=args.port, dev=True, **pool_options(args)
+    )
     return run_server(config)
 
 
@@ -123,7 +138,10 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
         settings = load_settings(state, create=True)
         _check_functions_exist(state, args.functions)
         key = create_key(
-            state, settings.project_id, name=args.name, test=args.test,
+            state,
+            settings.project_id,
+            name=args.name,
+            test=args.test,
             functions=tuple(args.functions),
         )
         print(key, flush=True)  # the only stdout line: KEY=$(flux api-keys create ...) works
@@ -135,9 +153,7 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
     records = load_records(state)
     usage = load_usage(state)
     if args.json:
-        print_json([
-            {**r.to_json(), "last_used": usage.get(r.key_hash)} for r in records
-        ])
+        print_json([{**r.to_json(), "last_used": usage.get(r.key_hash)} for r in records])
         return 0
     rows = [
         (
@@ -179,10 +195,12 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
         settings = load_settings(state, create=True)
     plan = PLANS[settings.plan]
     if getattr(args, "json", False):
-        print_json({
-            **settings.to_json(),
-            "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
-        })
+        print_json(
+            {
+                **settings.to_json(),
+                "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+            }
+        )
         return 0
     print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
     origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"

@@ -82,9 +82,7 @@ def deploy(state: StateDir) -> Deployment:
         # that changed between validation and copy is still checked).
         snapshot_specs = load_functions(target)
         del specs
-        deployment = Deployment(
-            version=version, deployed_at=time.time(), functions=snapshot_specs
-        )
+        deployment = Deployment(version=version, deployed_at=time.time(), functions=snapshot_specs)
         state.write_json(state.deployment_file, deployment.to_json())
         _prune(state, keep_from=version - KEEP_DEPLOYMENTS + 1)
     return deployment

@@ -31,18 +31,29 @@ def _relevant(change: watchfiles.Change, path: str) -> bool:
 async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: trio.Event) -> None:
     functions = state.project_dir / "functions"
     async for changes in watchfiles.awatch(
-        functions, watch_filter=_relevant, debounce=DEBOUNCE_MS, step=STEP_MS,
-        stop_event=shutdown, recursive=True,
+        functions,
+        watch_filter=_relevant,
+        debounce=DEBOUNCE_MS,
+        step=STEP_MS,
+        stop_event=shutdown,
+        recursive=True,
     ):
         started = time.perf_counter()
         try:
             deployment = await trio.to_thread.run_sync(deploy, state)
         except FluxError as exc:
-            print(f"flux dev: change not deployed, still serving the last good version: "
-                  f"{exc.message}", file=sys.stderr, flush=True)
+            print(
+                f"flux dev: change not deployed, still serving the last good version: "
+                f"{exc.message}",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         await gateway.reload_now()
         took = (time.perf_counter() - started) * 1000
-        names = sorted({p.split('/functions/', 1)[-1].split('/', 1)[0] for _, p in changes})
-        print(f"flux dev: redeployed version {deployment.version} ({', '.join(names)}) "
-              f"in {took:.0f} ms", flush=True)
+        names = sorted({p.split("/functions/", 1)[-1].split("/", 1)[0] for _, p in changes})
+        print(
+            f"flux dev: redeployed version {deployment.version} ({', '.join(names)}) "
+            f"in {took:.0f} ms",
+            flush=True,
+        )

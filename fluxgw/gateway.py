@@ -295,9 +295,11 @@ class Gateway:
         match = live.routes.lookup(ex.method, ex.path)
         if match.spec is None:
             ex.span["route"] = "no match"
-            hint = f" (served methods: {', '.join(match.allowed_methods)})" if (
-                match.allowed_methods
-            ) else ""
+            hint = (
+                f" (served methods: {', '.join(match.allowed_methods)})"
+                if (match.allowed_methods)
+                else ""
+            )
             raise HttpError(404, "not_found", f"no function at {ex.method} {ex.path}{hint}")
         spec = match.spec
         ex.function = spec.name
@@ -312,18 +314,22 @@ class Gateway:
         # The body must arrive within the function's timeout: under trio, hypercorn does not
         # report a client that stalls or goes away, so an unbounded read would hang forever.
         with trio.move_on_after(spec.timeout) as reading:
-            body = await read_body(
-                receive, ex.headers.get("content-length"), self.options.max_body
-            )
+            body = await read_body(receive, ex.headers.get("content-length"), self.options.max_body)
         if reading.cancelled_caught:
             raise HttpError(
-                408, "request_timeout",
+                408,
+                "request_timeout",
                 f"the request body did not arrive within {spec.timeout:g} s",
                 [("connection", "close")],
             )
         invocation = build_invocation(
-            request_id=ex.request_id, method=ex.method, path=ex.path, headers=ex.headers,
-            scope=scope, spec=spec, body=body,
+            request_id=ex.request_id,
+            method=ex.method,
+            path=ex.path,
+            headers=ex.headers,
+            scope=scope,
+            spec=spec,
+            body=body,
         )
         ex.traceparent, ex.trace_id = invocation.traceparent, invocation.trace_id
         if spec.is_async:
@@ -375,12 +381,14 @@ class Gateway:
                 trace_backlog=self.traces.backlog,
                 trace_dropped=self.traces.dropped,
             )
-            return 200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], (
-                text.encode()
+            return (
+                200,
+                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                (text.encode()),
             )
         prefix = "/_flux/invocations/"
         if ex.path.startswith(prefix):
-            request_id = ex.path[len(prefix):]
+            request_id = ex.path[len(prefix) :]
             job = await trio.to_thread.run_sync(self.queue.get, request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
@@ -411,10 +419,15 @@ class Gateway:
         result: InvocationResult | None = None,
         failure: FunctionFailed | None = None,
     ) -> None:
-        ex.extra_spans.extend(invocation_spans(
-            end=time.time(), result=result, failure=failure, started=ex.started,
-            function=ex.function,
-        ))
+        ex.extra_spans.extend(
+            invocation_spans(
+                end=time.time(),
+                result=result,
+                failure=failure,
+                started=ex.started,
+                function=ex.function,
+            )
+        )
         outcome = result if result is not None else failure
         ex.logs = outcome.logs if outcome is not None else ()
 
@@ -423,25 +436,29 @@ class Gateway:
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
         if not self.traces.enabled:
             return
-        gateway_span = Span(name="gateway", start=ex.started, duration_ms=duration_ms,
-                            attributes=ex.span)
-        self.traces.record(TraceRecord(
-            request_id=ex.request_id,
-            started_at=ex.started,
-            method=ex.method,
-            path=ex.path,
-            status=status,
-            duration_ms=duration_ms,
-            function=ex.function,
-            key_name=ex.key_name,
-            client_request_id=ex.headers.get("x-request-id"),
-            traceparent_in=ex.headers.get("traceparent"),
-            # a request refused before dispatch still joins the caller's trace, if it sent one
-            trace_id=ex.trace_id or (parse_traceparent(ex.headers.get("traceparent")) or ("",))[0],
-            spans=[gateway_span, *ex.extra_spans],
-            logs=list(ex.logs),
-            async_state="queued" if ex.span.get("queued") else None,
-        ))
+        gateway_span = Span(
+            name="gateway", start=ex.started, duration_ms=duration_ms, attributes=ex.span
+        )
+        self.traces.record(
+            TraceRecord(
+                request_id=ex.request_id,
+                started_at=ex.started,
+                method=ex.method,
+                path=ex.path,
+                status=status,
+                duration_ms=duration_ms,
+                function=ex.function,
+                key_name=ex.key_name,
+                client_request_id=ex.headers.get("x-request-id"),
+                traceparent_in=ex.headers.get("traceparent"),
+                # a request refused before dispatch still joins the caller's trace, if it sent one
+                trace_id=ex.trace_id
+                or (parse_traceparent(ex.headers.get("traceparent")) or ("",))[0],
+                spans=[gateway_span, *ex.extra_spans],
+                logs=list(ex.logs),
+                async_state="queued" if ex.span.get("queued") else None,
+            )
+        )
 
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:
@@ -453,4 +470,3 @@ class Gateway:
 
     def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
         self.traces.update_async_state(job.request_id, event, details)
-

@@ -15,10 +15,20 @@ Headers = list[tuple[str, str]]
 
 MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
 # Set by the gateway or meaningless across a proxy: never copied from a function's response.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-    "proxy-authenticate", "proxy-authorization", "content-length", "x-request-id",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+        "x-request-id",
+    }
+)
 
 
 def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

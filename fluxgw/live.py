@@ -63,8 +63,11 @@ class LiveLoader:
         marks = self.fingerprints()
         old, previous = self.current, self.seen
         settings = load_settings(self.state, create=True)
-        if old is None or previous is None or marks.keys != previous.keys or (
-            settings.project_id != old.settings.project_id
+        if (
+            old is None
+            or previous is None
+            or marks.keys != previous.keys
+            or (settings.project_id != old.settings.project_id)
         ):
             try:
                 keys = KeyStore(settings.project_id, load_records(self.state))

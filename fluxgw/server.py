@@ -84,11 +84,16 @@ async def serve_gateway(
 
 async def _main(config: ServerConfig) -> None:
     state = StateDir(config.project_dir)
-    gateway = Gateway(state, GatewayOptions(
-        tracing=config.tracing, prewarm=config.dev or config.prewarm,
-        max_workers=config.max_workers, min_workers=config.min_workers,
-        idle_timeout=config.idle_timeout,
-    ))
+    gateway = Gateway(
+        state,
+        GatewayOptions(
+            tracing=config.tracing,
+            prewarm=config.dev or config.prewarm,
+            max_workers=config.max_workers,
+            min_workers=config.min_workers,
+            idle_timeout=config.idle_timeout,
+        ),
+    )
     await trio.to_thread.run_sync(gateway.load)
     tune_garbage_collector()
     shutdown = trio.Event()
@@ -97,10 +102,14 @@ async def _main(config: ServerConfig) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
         print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
         if config.dev:
-            print(f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
-                  flush=True)
-            print(f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
-                  flush=True)
+            print(
+                f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
+                flush=True,
+            )
+            print(
+                f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
+                flush=True,
+            )
             print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
 
@@ -111,8 +120,12 @@ async def _main(config: ServerConfig) -> None:
 
             nursery.start_soon(watch_and_redeploy, state, gateway, shutdown)
         await serve_gateway(
-            gateway, config.host, config.port, grace_period=config.grace_period,
-            shutdown=shutdown, on_ready=ready,
+            gateway,
+            config.host,
+            config.port,
+            grace_period=config.grace_period,
+            shutdown=shutdown,
+            on_ready=ready,
         )
         nursery.cancel_scope.cancel()
 
@@ -122,8 +135,11 @@ async def _watch_signals(shutdown: trio.Event) -> None:
         async for signum in signals:
             if shutdown.is_set():
                 continue
-            print(f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
+                file=sys.stderr,
+                flush=True,
+            )
             shutdown.set()
 
 

@@ -71,9 +71,7 @@ class FluxTestGateway:
     def state(self) -> StateDir:
         return self.gateway.state
 
-    def create_key(
-        self, name: str, *, functions: Iterable[str] = (), test: bool = False
-    ) -> str:
+    def create_key(self, name: str, *, functions: Iterable[str] = (), test: bool = False) -> str:
         """Create a key and make the running gateway accept it at once."""
         settings = load_settings(self.state, create=True)
         key = create_key(
@@ -124,17 +122,21 @@ async def open_gateway(
     clock = clock or FakeClock()
     with tempfile.TemporaryDirectory(prefix="flux-test-") as tmp:
         root = Path(tmp) / source.resolve().name
-        shutil.copytree(source / "functions", root / "functions",
-                        ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+        shutil.copytree(
+            source / "functions",
+            root / "functions",
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules"),
+        )
         _link_node_modules(source / "functions", root / "functions")
         state = StateDir(root)
         load_settings(state, create=True)
         if plan is not None:
             update_settings(state, plan=plan)
         deploy(state)
-        gateway = Gateway(state, GatewayOptions(
-            clock=clock, tracing=tracing, max_workers=max_workers, prewarm=False
-        ))
+        gateway = Gateway(
+            state,
+            GatewayOptions(clock=clock, tracing=tracing, max_workers=max_workers, prewarm=False),
+        )
         gateway.load()
         async with trio.open_nursery() as nursery:
             if in_process:
@@ -149,7 +151,11 @@ async def open_gateway(
                 shutdown = trio.Event()
                 binds = await nursery.start(
                     lambda task_status: serve_gateway(
-                        gateway, "127.0.0.1", 0, grace_period=2.0, shutdown=shutdown,
+                        gateway,
+                        "127.0.0.1",
+                        0,
+                        grace_period=2.0,
+                        shutdown=shutdown,
                         task_status=task_status,
                     )
                 )

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS trace_events (
 CREATE INDEX IF NOT EXISTS trace_events_request_id ON trace_events (request_id, id);
 """
 
+
 def _unpack(count: int) -> str:
     """``json_extract(value, '$[0]'), ...``: the columns of one row of a json_each batch."""
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(count))

@@ -54,17 +54,22 @@ def log(message: str) -> None:
 # HTTP measurements
 
 
-def measure(label: str, url: str, s: Settings, connections: int,
-            key: str | None = None) -> WrkResult:
+def measure(
+    label: str, url: str, s: Settings, connections: int, key: str | None = None
+) -> WrkResult:
     headers = {"Authorization": f"Bearer {key}"} if key else None
     run_wrk(url, connections=connections, seconds=s.warmup, headers=headers)
     result = max(
-        (run_wrk(url, connections=connections, seconds=s.seconds, headers=headers)
-         for _ in range(s.repeats)),
+        (
+            run_wrk(url, connections=connections, seconds=s.seconds, headers=headers)
+            for _ in range(s.repeats)
+        ),
         key=lambda run: run.rps,
     )
-    log(f"{label:<22} c={connections:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:7.3f} ms  "
-        f"p99 {result.p99_ms:7.3f} ms  non-2xx {result.non_2xx}  errors {result.socket_errors}")
+    log(
+        f"{label:<22} c={connections:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:7.3f} ms  "
+        f"p99 {result.p99_ms:7.3f} ms  non-2xx {result.non_2xx}  errors {result.socket_errors}"
+    )
     return result
 
 
@@ -106,8 +111,9 @@ def http_benchmarks(s: Settings, work: Path, available: list[str], want_profile:
         for runtime in available:
             route = servers.FUNCTIONS[runtime][1]
             for c in CONNECTIONS:
-                runs[f"gw-{runtime}:{c}"] = measure(f"gateway -> {runtime}", base + route, s,
-                                                    c, team_keys[f"{runtime}-{c}"])
+                runs[f"gw-{runtime}:{c}"] = measure(
+                    f"gateway -> {runtime}", base + route, s, c, team_keys[f"{runtime}-{c}"]
+                )
         expect(base + "/py", None, 401, "401 path")
         for c in CONNECTIONS:
             runs[f"401:{c}"] = measure("401 (no key)", base + "/py", s, c)
@@ -141,8 +147,12 @@ def profile_gateway(pid: int, url: str, key: str, s: Settings, logs: Path) -> di
         log("py-spy not installed (.venv/bin/pip install py-spy): no profile")
         return None
     time.sleep(0.5)
-    run_wrk(url, connections=32, seconds=s.profile_seconds + 1,
-            headers={"Authorization": f"Bearer {key}"})
+    run_wrk(
+        url,
+        connections=32,
+        seconds=s.profile_seconds + 1,
+        headers={"Authorization": f"Bearer {key}"},
+    )
     sampler.wait(timeout=60)
     if not raw.exists():
         log("py-spy produced no output (ptrace not permitted?)")
@@ -180,101 +190,165 @@ def build(s: Settings, results: dict) -> tuple[list[list[str]], list[list[str]],
 
     if "gw-python:32" in runs:
         r = ratio("gw-python:32")
-        rows.append(["gateway -> warm python, c=32, req/s vs ceiling",
-                     f"{r:.2f} ({fmt_rps(runs['gw-python:32'])} vs {ceiling(32)[0]:,.0f} req/s)",
-                     ">= 0.6 (aim 0.8)",
-                     verdict(r >= 0.6, f"{0.6 - r:.2f} short ({1 - r / 0.6:.0%} below)")])
+        rows.append(
+            [
+                "gateway -> warm python, c=32, req/s vs ceiling",
+                f"{r:.2f} ({fmt_rps(runs['gw-python:32'])} vs {ceiling(32)[0]:,.0f} req/s)",
+                ">= 0.6 (aim 0.8)",
+                verdict(r >= 0.6, f"{0.6 - r:.2f} short ({1 - r / 0.6:.0%} below)"),
+            ]
+        )
         added = runs["gw-python:1"].p50_ms - ceiling(1)[1]
-        rows.append(["gateway -> warm python, c=1, added p50 latency",
-                     f"+{added:.3f} ms (p50 {runs['gw-python:1'].p50_ms:.3f} vs "
-                     f"{ceiling(1)[1]:.3f} ms)",
-                     "<= 0.5 ms", verdict(added <= 0.5, f"{added - 0.5:.3f} ms over")])
+        rows.append(
+            [
+                "gateway -> warm python, c=1, added p50 latency",
+                f"+{added:.3f} ms (p50 {runs['gw-python:1'].p50_ms:.3f} vs {ceiling(1)[1]:.3f} ms)",
+                "<= 0.5 ms",
+                verdict(added <= 0.5, f"{added - 0.5:.3f} ms over"),
+            ]
+        )
     for path in ("401", "429"):
         r = ratio(f"{path}:32")
-        rows.append([f"{path} path, c=32, req/s vs ceiling",
-                     f"{r:.2f} ({fmt_rps(runs[f'{path}:32'])} req/s; "
-                     f"c=1: {ratio(f'{path}:1'):.2f})",
-                     ">= 0.9", verdict(r >= 0.9, f"{0.9 - r:.2f} short")])
+        rows.append(
+            [
+                f"{path} path, c=32, req/s vs ceiling",
+                f"{r:.2f} ({fmt_rps(runs[f'{path}:32'])} req/s; c=1: {ratio(f'{path}:1'):.2f})",
+                ">= 0.9",
+                verdict(r >= 0.9, f"{0.9 - r:.2f} short"),
+            ]
+        )
     for runtime, cold in results["cold"].items():
         if cold is None:
-            rows.append([f"cold start, {runtime}", "runtime not installed", "<= spawn + 50 ms",
-                         "n/a"])
+            rows.append(
+                [f"cold start, {runtime}", "runtime not installed", "<= spawn + 50 ms", "n/a"]
+            )
             continue
         wall, spawn = cold["wall"].median, cold["spawn"].median
-        rows.append([f"cold start, {runtime} (first invoke, median of {s.cold_runs})",
-                     f"{wall:.0f} ms (startup_ms {cold['startup'].median:.0f}; "
-                     f"bare spawn {spawn:.0f} ms; {wall - spawn:+.0f} ms)",
-                     "<= spawn + 50 ms",
-                     verdict(wall <= spawn + 50, f"{wall - spawn - 50:.0f} ms over")])
+        rows.append(
+            [
+                f"cold start, {runtime} (first invoke, median of {s.cold_runs})",
+                f"{wall:.0f} ms (startup_ms {cold['startup'].median:.0f}; "
+                f"bare spawn {spawn:.0f} ms; {wall - spawn:+.0f} ms)",
+                "<= spawn + 50 ms",
+                verdict(wall <= spawn + 50, f"{wall - spawn - 50:.0f} ms over"),
+            ]
+        )
     lim = results["limiter"]
-    rows.append(["rate-limit decisions per second, in process", f"{lim['per_second']:,.0f}",
-                 ">= 500,000",
-                 verdict(lim["per_second"] >= 500_000,
-                         f"{500_000 - lim['per_second']:,.0f}/s short")])
+    rows.append(
+        [
+            "rate-limit decisions per second, in process",
+            f"{lim['per_second']:,.0f}",
+            ">= 500,000",
+            verdict(lim["per_second"] >= 500_000, f"{500_000 - lim['per_second']:,.0f}/s short"),
+        ]
+    )
     ks = results["keystore"]
     growth = ks["growth"] / 2**20
-    rows.append([f"RSS growth for {ks['keys']:,} keys", f"{growth:.1f} MiB",
-                 "<= 64 MiB" if ks["keys"] == 100_000 else "<= 64 MiB (at 100,000)",
-                 verdict(growth * 100_000 / ks["keys"] <= 64,
-                         f"{growth - 64:.1f} MiB over")])
+    rows.append(
+        [
+            f"RSS growth for {ks['keys']:,} keys",
+            f"{growth:.1f} MiB",
+            "<= 64 MiB" if ks["keys"] == 100_000 else "<= 64 MiB (at 100,000)",
+            verdict(growth * 100_000 / ks["keys"] <= 64, f"{growth - 64:.1f} MiB over"),
+        ]
+    )
     lookup = results["routes"]
     small, big = lookup[10], lookup[10_000]
-    rows.append(["route lookup, 10,000 routes vs 10",
-                 f"{big:.0f} ns vs {small:.0f} ns (x{big / small:.2f})",
-                 "same within noise (O(1))",
-                 verdict(big / small <= 1.25,
-                         f"x{big / small:.2f} (noise band x1.25)")])
+    rows.append(
+        [
+            "route lookup, 10,000 routes vs 10",
+            f"{big:.0f} ns vs {small:.0f} ns (x{big / small:.2f})",
+            "same within noise (O(1))",
+            verdict(big / small <= 1.25, f"x{big / small:.2f} (noise band x1.25)"),
+        ]
+    )
     if "gw-python-notrace:32" in runs and "gw-python:32" in runs:
         on, off = runs["gw-python:32"].rps, runs["gw-python-notrace:32"].rps
-        rows.append(["tracing on vs off, python, c=32, req/s",
-                     f"{on / off:.2f} ({on:,.0f} vs {off:,.0f} req/s)", ">= 0.9",
-                     verdict(on / off >= 0.9, f"{0.9 - on / off:.2f} short")])
+        rows.append(
+            [
+                "tracing on vs off, python, c=32, req/s",
+                f"{on / off:.2f} ({on:,.0f} vs {off:,.0f} req/s)",
+                ">= 0.9",
+                verdict(on / off >= 0.9, f"{0.9 - on / off:.2f} short"),
+            ]
+        )
 
     dev = results["devreload"]
-    rows.append([f"flux dev save-to-served, median of {dev['edits']} edits",
-                 f"{dev['median_ms']:.0f} ms (p90 {dev['p90_ms']:.0f}, max {dev['max_ms']:.0f})",
-                 "< 500 ms", verdict(dev["median_ms"] < 500,
-                                     f"{dev['median_ms'] - 500:.0f} ms over")])
+    rows.append(
+        [
+            f"flux dev save-to-served, median of {dev['edits']} edits",
+            f"{dev['median_ms']:.0f} ms (p90 {dev['p90_ms']:.0f}, max {dev['max_ms']:.0f})",
+            "< 500 ms",
+            verdict(dev["median_ms"] < 500, f"{dev['median_ms'] - 500:.0f} ms over"),
+        ]
+    )
 
     detail: list[list[str]] = []
-    labels = {"ceiling (before)": "ceiling, start of run", "ceiling (after)": "ceiling, end of run",
-              "gw-python": "gateway -> python", "gw-node": "gateway -> node",
-              "gw-deno": "gateway -> deno", "401": "gateway 401 (no key)",
-              "429": "gateway 429 (drained free key)",
-              "gw-python-notrace": "gateway -> python, --no-tracing"}
+    labels = {
+        "ceiling (before)": "ceiling, start of run",
+        "ceiling (after)": "ceiling, end of run",
+        "gw-python": "gateway -> python",
+        "gw-node": "gateway -> node",
+        "gw-deno": "gateway -> deno",
+        "401": "gateway 401 (no key)",
+        "429": "gateway 429 (drained free key)",
+        "gw-python-notrace": "gateway -> python, --no-tracing",
+    }
     for key, run in runs.items():
         name, c = key.rsplit(":", 1)
         is_ceiling = name.startswith("ceiling")
         ceil_rps, ceil_p50 = ceiling(int(c))
         added = "" if is_ceiling else f"{run.p50_ms - ceil_p50:+.3f}"
         bad = run.non_2xx if name not in ("401", "429") else run.requests - run.non_2xx
-        detail.append([labels.get(name, name), c, f"{run.rps:,.0f}", f"{run.p50_ms:.3f}",
-                       f"{run.p99_ms:.3f}", f"{run.rps / ceil_rps:.2f}", added,
-                       f"{bad}/{run.requests}" + (f", {run.socket_errors} socket errors"
-                                                   if run.socket_errors else "")])
+        detail.append(
+            [
+                labels.get(name, name),
+                c,
+                f"{run.rps:,.0f}",
+                f"{run.p50_ms:.3f}",
+                f"{run.p99_ms:.3f}",
+                f"{run.rps / ceil_rps:.2f}",
+                added,
+                f"{bad}/{run.requests}"
+                + (f", {run.socket_errors} socket errors" if run.socket_errors else ""),
+            ]
+        )
         if name in ("401", "429") and bad > run.requests * 0.01:
-            notes.append(f"{labels[name]} c={c}: {bad} of {run.requests} answers were not "
-                         f"{name}.")
+            notes.append(f"{labels[name]} c={c}: {bad} of {run.requests} answers were not {name}.")
         if name not in ("401", "429") and (run.non_2xx or run.socket_errors):
-            notes.append(f"{labels.get(name, name)} c={c}: {run.non_2xx} non-2xx answers, "
-                         f"{run.socket_errors} socket errors.")
+            notes.append(
+                f"{labels.get(name, name)} c={c}: {run.non_2xx} non-2xx answers, "
+                f"{run.socket_errors} socket errors."
+            )
     if results["load_before"] > 0.5:
-        notes.append(f"The machine was not idle when the run started (1-minute load average "
-                     f"{results['load_before']:.2f}; {results['load_after']:.2f} at the end, "
-                     "which includes this run): other processes competed for the 2 cores.")
+        notes.append(
+            f"The machine was not idle when the run started (1-minute load average "
+            f"{results['load_before']:.2f}; {results['load_after']:.2f} at the end, "
+            "which includes this run): other processes competed for the 2 cores."
+        )
     for c in CONNECTIONS:
         before, after = runs[f"ceiling (before):{c}"].rps, runs[f"ceiling (after):{c}"].rps
         drift = abs(after - before) / max(before, after)
         if drift > 0.1:
-            notes.append(f"The ceiling at c={c} drifted {drift:.0%} between the start and the "
-                         f"end of the run ({before:,.0f} -> {after:,.0f} req/s): ratios near a "
-                         "target are within noise; rerun before drawing conclusions.")
+            notes.append(
+                f"The ceiling at c={c} drifted {drift:.0%} between the start and the "
+                f"end of the run ({before:,.0f} -> {after:,.0f} req/s): ratios near a "
+                "target are within noise; rerun before drawing conclusions."
+            )
     return rows, detail, notes
 
 
 SUMMARY_HEADER = ["figure", "measured", "target", "met?"]
-DETAIL_HEADER = ["scenario", "conns", "req/s", "p50 ms", "p99 ms", "vs ceiling",
-                 "added p50 ms", "unexpected answers"]
+DETAIL_HEADER = [
+    "scenario",
+    "conns",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "vs ceiling",
+    "added p50 ms",
+    "unexpected answers",
+]
 
 
 def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: list[str]) -> str:
@@ -284,9 +358,15 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
         if cold is None:
             cold_rows.append([runtime, "not installed", "", "", ""])
             continue
-        cold_rows.append([runtime, f"{cold['spawn'].median:.1f}", f"{cold['wall'].median:.1f}",
-                          f"{cold['startup'].median:.1f}",
-                          ", ".join(f"{x:.0f}" for x in cold["wall"].samples)])
+        cold_rows.append(
+            [
+                runtime,
+                f"{cold['spawn'].median:.1f}",
+                f"{cold['wall'].median:.1f}",
+                f"{cold['startup'].median:.1f}",
+                ", ".join(f"{x:.0f}" for x in cold["wall"].samples),
+            ]
+        )
     parts = [
         "# Benchmarks",
         "",
@@ -305,7 +385,7 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
         "the ceiling runs at the start and at the end of this run (same connection count); "
         "*added p50* subtracts their p50. The gateway rows go through the whole pipeline "
         "(key check, rate limit on the team plan, route, CORS, request id, trace, warm "
-        "worker) and return `{\"ok\": true}`.",
+        'worker) and return `{"ok": true}`.',
         "",
         report.md_table(DETAIL_HEADER, detail),
         "",
@@ -317,8 +397,16 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
         "`PoolManager.invoke` on a fresh pool (spawn, load the shim and the function, answer "
         "one request). *startup_ms*: the pool's own figure (spawn to ready).",
         "",
-        report.md_table(["runtime", "bare spawn ms", "first invoke ms", "startup_ms",
-                         "first invoke samples ms"], cold_rows),
+        report.md_table(
+            [
+                "runtime",
+                "bare spawn ms",
+                "first invoke ms",
+                "startup_ms",
+                "first invoke samples ms",
+            ],
+            cold_rows,
+        ),
         "",
         "## In process",
         "",
@@ -330,7 +418,8 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
         f"(+{ks['growth'] / 2**20:.1f} MiB, {ks['growth'] / ks['keys']:.0f} bytes/key; "
         f"built in {ks['build_s']:.1f} s, key generation and hashing included).",
         "- Route lookup (`RouteTable.lookup`, hits cycling over every route, best of 5): "
-        + ", ".join(f"{n:,} routes {ns:.0f} ns" for n, ns in routes.items()) + ".",
+        + ", ".join(f"{n:,} routes {ns:.0f} ns" for n, ns in routes.items())
+        + ".",
         "",
         "## Machine",
         "",
@@ -353,14 +442,23 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
     ]
     prof = results["http"].get("profile")
     if prof:
-        parts += ["## Profile of this run (py-spy, gateway -> python, c=32)", "",
-                  f"{prof['samples']} samples of the gateway process (idle time excluded); raw "
-                  f"collapsed stacks were in `{prof['raw']}`.", "",
-                  report.md_table(["self time (top functions)", "% of samples"],
-                                  [[f"`{n}`", f"{p:.1f}"] for n, p in prof["self"]]), "",
-                  report.md_table(["fluxgw function, inclusive", "% of samples"],
-                                  [[f"`{n}`", f"{p:.1f}"]
-                                   for n, p in prof["inclusive"]]), ""]
+        parts += [
+            "## Profile of this run (py-spy, gateway -> python, c=32)",
+            "",
+            f"{prof['samples']} samples of the gateway process (idle time excluded); raw "
+            f"collapsed stacks were in `{prof['raw']}`.",
+            "",
+            report.md_table(
+                ["self time (top functions)", "% of samples"],
+                [[f"`{n}`", f"{p:.1f}"] for n, p in prof["self"]],
+            ),
+            "",
+            report.md_table(
+                ["fluxgw function, inclusive", "% of samples"],
+                [[f"`{n}`", f"{p:.1f}"] for n, p in prof["inclusive"]],
+            ),
+            "",
+        ]
     parts += ["## Notes", ""]
     auto = notes or ["No run-specific warnings."]
     parts += [f"- {n}" for n in auto]
@@ -371,11 +469,18 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
-    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md",
-                        help="where to write the report (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "BENCHMARKS.md",
+        help="where to write the report (default: BENCHMARKS.md)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample the gateway with py-spy in an extra python c=32 run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the gateway with py-spy in an extra python c=32 run",
+    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
     s = Settings(args.quick)
@@ -408,8 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         cold = inproc.cold_start_ms(rt, s.cold_runs)
         cold["spawn"] = inproc.bare_spawn_ms(rt, find_runtime(rt) or "", s.cold_runs)
         results["cold"][rt] = cold
-        log(f"{rt}: first invoke {cold['wall'].median:.1f} ms, bare spawn "
-            f"{cold['spawn'].median:.1f} ms")
+        log(
+            f"{rt}: first invoke {cold['wall'].median:.1f} ms, bare spawn "
+            f"{cold['spawn'].median:.1f} ms"
+        )
     log("flux dev: save-to-served latency")
     results["devreload"] = devreload.measure(5 if s.quick else 20)
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))

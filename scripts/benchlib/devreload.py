@@ -37,17 +37,23 @@ def measure(edits: int = 20) -> dict[str, float]:
         (folder / "main.py").write_text(CODE.format(n=0))
         subprocess.run(
             [FLUX, "--project", tmp, "project", "update", "--plan", "team"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         key = subprocess.run(
             [FLUX, "--project", tmp, "api-keys", "create", "--name", "bench"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         log = project / "dev.log"  # a file, not a pipe: nobody has to keep draining it
         with log.open("w") as sink:
             server = subprocess.Popen(
-                [FLUX, "--project", tmp, "dev", "--port", "0"], stdout=sink,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [FLUX, "--project", tmp, "dev", "--port", "0"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             url = _wait_ready(log)

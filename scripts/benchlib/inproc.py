@@ -53,8 +53,9 @@ def limiter_decisions_per_second(total: int, keys: int = 10_000, repeats: int = 
 
 def keystore_rss(n: int) -> dict:
     """RSS growth of a fresh interpreter holding a KeyStore of ``n`` keys."""
-    out = subprocess.run([sys.executable, __file__, "keystore", str(n)], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, __file__, "keystore", str(n)], capture_output=True, text=True, timeout=300
+    )
     if out.returncode != 0:
         raise RuntimeError(f"keystore child failed: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -71,9 +72,18 @@ def _keystore_child(n: int) -> None:
     project_id = "bench-project"
     # Warm the code paths (and their allocator pools) on a throwaway store first.
     warm = generate_key(project_id)
-    KeyStore(project_id, [KeyRecord(name="warm", key_hash=hash_key(warm),
-                                    display=display_prefix(warm), environment="live",
-                                    created_at=time.time())])
+    KeyStore(
+        project_id,
+        [
+            KeyRecord(
+                name="warm",
+                key_hash=hash_key(warm),
+                display=display_prefix(warm),
+                environment="live",
+                created_at=time.time(),
+            )
+        ],
+    )
     gc.collect()
     before = _rss_bytes()
     now = time.time()
@@ -81,8 +91,13 @@ def _keystore_child(n: int) -> None:
     def records():
         for i in range(n):
             key = generate_key(project_id)  # the key itself is garbage after this iteration
-            yield KeyRecord(name=f"key-{i}", key_hash=hash_key(key), display=display_prefix(key),
-                            environment="live", created_at=now)
+            yield KeyRecord(
+                name=f"key-{i}",
+                key_hash=hash_key(key),
+                display=display_prefix(key),
+                environment="live",
+                created_at=now,
+            )
 
     start = time.perf_counter()
     store = KeyStore(project_id, records())
@@ -90,12 +105,22 @@ def _keystore_child(n: int) -> None:
     gc.collect()
     after = _rss_bytes()
     assert len(store) == n
-    print(json.dumps({"keys": n, "rss_before": before, "rss_after": after,
-                      "growth": after - before, "build_s": build_s}))
+    print(
+        json.dumps(
+            {
+                "keys": n,
+                "rss_before": before,
+                "rss_after": after,
+                "growth": after - before,
+                "build_s": build_s,
+            }
+        )
+    )
 
 
-def route_lookup(sizes: tuple[int, ...] = (10, 10_000), lookups: int = 200_000,
-                 repeats: int = 5) -> dict[int, float]:
+def route_lookup(
+    sizes: tuple[int, ...] = (10, 10_000), lookups: int = 200_000, repeats: int = 5
+) -> dict[int, float]:
     """Nanoseconds per ``RouteTable.lookup`` hit (best of ``repeats``) for each table size.
 
     Every size does the same number of lookups over a list of the same length, cycling
@@ -106,9 +131,17 @@ def route_lookup(sizes: tuple[int, ...] = (10, 10_000), lookups: int = 200_000,
 
     result: dict[int, float] = {}
     for size in sizes:
-        specs = [FunctionSpec(name=f"fn-{i}", runtime="python", route=f"/api/v1/fn-{i}",
-                              method="GET", directory=Path("/tmp"), entry="main.py")
-                 for i in range(size)]
+        specs = [
+            FunctionSpec(
+                name=f"fn-{i}",
+                runtime="python",
+                route=f"/api/v1/fn-{i}",
+                method="GET",
+                directory=Path("/tmp"),
+                entry="main.py",
+            )
+            for i in range(size)
+        ]
         table = RouteTable(specs)
         paths = [spec.route for spec in specs]
         probe = [paths[i % size] for i in range(4096)]
@@ -138,8 +171,15 @@ def bare_spawn_ms(runtime: str, executable: str, runs: int) -> Timing:
         argv = {
             "python": [executable, "-c", "pass"],
             "node": [executable, "-e", "0"],
-            "deno": [executable, "run", "--quiet", "--no-prompt", "--no-remote", "--no-lock",
-                     str(empty)],
+            "deno": [
+                executable,
+                "run",
+                "--quiet",
+                "--no-prompt",
+                "--no-remote",
+                "--no-lock",
+                str(empty),
+            ],
         }[runtime]
         subprocess.run(argv, check=True, timeout=60)  # page cache, deno's first-run set-up
         samples = []
@@ -167,22 +207,26 @@ def cold_start_ms(runtime: str, runs: int) -> dict:
         folder = Path(tmp) / name
         folder.mkdir()
         (folder / entry).write_text(source)
-        spec = FunctionSpec(name=name, runtime=runtime, route=route, method="GET",
-                            directory=folder, entry=entry)
+        spec = FunctionSpec(
+            name=name, runtime=runtime, route=route, method="GET", directory=folder, entry=entry
+        )
 
         async def once(i: int) -> None:
             pool = PoolManager(grace_period=5)
             async with trio.open_nursery() as nursery:
                 await nursery.start(pool.run)
                 pool.deploy([spec])
-                invocation = Invocation(request_id=f"cold-{i:04d}", method="GET", path=route,
-                                        deadline=time.time() + 30)
+                invocation = Invocation(
+                    request_id=f"cold-{i:04d}", method="GET", path=route, deadline=time.time() + 30
+                )
                 start = time.perf_counter()
                 result = await pool.invoke(spec, invocation)
                 walls.append((time.perf_counter() - start) * 1000)
                 if result.status != 200 or not result.cold_start:
-                    raise RuntimeError(f"{runtime} cold start: status {result.status}, "
-                                       f"cold_start={result.cold_start}")
+                    raise RuntimeError(
+                        f"{runtime} cold start: status {result.status}, "
+                        f"cold_start={result.cold_start}"
+                    )
                 startups.append(result.startup_ms)
                 await pool.aclose()
 
@@ -191,8 +235,10 @@ def cold_start_ms(runtime: str, runs: int) -> dict:
         startups.clear()
         for i in range(runs):
             trio.run(once, i)
-    return {"wall": Timing(statistics.median(walls), tuple(walls)),
-            "startup": Timing(statistics.median(startups), tuple(startups))}
+    return {
+        "wall": Timing(statistics.median(walls), tuple(walls)),
+        "startup": Timing(statistics.median(startups), tuple(startups)),
+    }
 
 
 if __name__ == "__main__":

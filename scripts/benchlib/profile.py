@@ -24,8 +24,20 @@ def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]
     exe = py_spy_path()
     if exe is None:
         return None
-    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", "100", "--format", "raw", "--output", str(out)]
+    argv = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -20,13 +20,24 @@ VENV_BIN = REPO / ".venv" / "bin"
 FLUX = str(VENV_BIN / "flux")
 
 FUNCTIONS = {
-    "python": ("hello_py", "/py", "main.py",
-               'def handler(request, ctx):\n    return {"ok": True}\n'),
-    "node": ("hello_node", "/node", "index.js",
-             "export default async function (req, ctx) { return { ok: true }; }\n"),
-    "deno": ("hello_deno", "/deno", "index.ts",
-             "export default async function (req: Request, ctx: unknown) {\n"
-             "  return { ok: true };\n}\n"),
+    "python": (
+        "hello_py",
+        "/py",
+        "main.py",
+        'def handler(request, ctx):\n    return {"ok": True}\n',
+    ),
+    "node": (
+        "hello_node",
+        "/node",
+        "index.js",
+        "export default async function (req, ctx) { return { ok: true }; }\n",
+    ),
+    "deno": (
+        "hello_deno",
+        "/deno",
+        "index.ts",
+        "export default async function (req: Request, ctx: unknown) {\n  return { ok: true };\n}\n",
+    ),
 }
 
 
@@ -41,8 +52,9 @@ def free_port() -> int:
 
 
 def flux(project: Path, *args: str) -> str:
-    out = subprocess.run([FLUX, "--project", str(project), *args], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [FLUX, "--project", str(project), *args], capture_output=True, text=True, timeout=60
+    )
     if out.returncode != 0:
         raise BenchError(f"flux {' '.join(args)} failed: {out.stderr.strip() or out.stdout}")
     return out.stdout
@@ -92,8 +104,14 @@ class Server:
 
     def start(self, timeout: float = 30) -> Server:
         log = self.log_path.open("w")
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=log, text=True,
-                                     cwd=REPO, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
@@ -111,8 +129,9 @@ class Server:
                 line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 self.stop()
-                raise BenchError(f"{self.name} not ready within {timeout:.0f} s "
-                                 f"(log: {self.log_path})") from None
+                raise BenchError(
+                    f"{self.name} not ready within {timeout:.0f} s (log: {self.log_path})"
+                ) from None
             if line is None:
                 self.stop()
                 raise BenchError(f"{self.name} exited before it was ready (log: {self.log_path})")
@@ -142,8 +161,9 @@ def ceiling_server(port: int, log_dir: Path) -> Server:
     return Server("ceiling", [sys.executable, str(app), str(port)], "ceiling ready", log_dir)
 
 
-def gateway_server(project: Path, port: int, log_dir: Path, *, tracing: bool = True,
-                   name: str = "gateway") -> Server:
+def gateway_server(
+    project: Path, port: int, log_dir: Path, *, tracing: bool = True, name: str = "gateway"
+) -> Server:
     argv = [FLUX, "--project", str(project), "serve", "--port", str(port)]
     if not tracing:
         argv.append("--no-tracing")

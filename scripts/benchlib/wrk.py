@@ -76,8 +76,16 @@ def run_wrk(
     with tempfile.TemporaryDirectory(prefix="flux-wrk-") as tmp:
         script = Path(tmp) / "report.lua"
         script.write_text(_LUA)
-        argv = [wrk_path(), f"-t{min(threads, connections)}", f"-c{connections}",
-                f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script)]
+        argv = [
+            wrk_path(),
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+        ]
         for name, value in (headers or {}).items():
             argv += ["-H", f"{name}: {value}"]
         argv.append(url)
@@ -87,7 +95,7 @@ def run_wrk(
             raise WrkError(f"wrk did not finish within {seconds + 30:.0f} s") from None
     for line in out.stdout.splitlines():
         if line.startswith(_MARK):
-            data = json.loads(line[len(_MARK):])
+            data = json.loads(line[len(_MARK) :])
             break
     else:
         raise WrkError(f"wrk failed (exit {out.returncode}): {out.stderr.strip() or out.stdout}")

@@ -43,8 +43,9 @@ def invocation(client: httpx.Client, key: str, request_id: str) -> dict:
     return response.json()
 
 
-def wait_state(client: httpx.Client, key: str, request_id: str, states: set[str],
-               timeout: float) -> dict:
+def wait_state(
+    client: httpx.Client, key: str, request_id: str, states: set[str], timeout: float
+) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = invocation(client, key, request_id)
@@ -63,8 +64,7 @@ def test_queued_running_succeeded(deployed: Path) -> None:
     key = key_for(deployed)
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         # four slow jobs take every dispatcher slot, so the fifth is seen waiting
-        blockers = [client.post("/job", headers=bearer(key), json={"sleep": 1.0})
-                    for _ in range(4)]
+        blockers = [client.post("/job", headers=bearer(key), json={"sleep": 1.0}) for _ in range(4)]
         started = time.monotonic()
         accepted = client.post("/job", headers=bearer(key), json={"sleep": 0.8, "n": 7})
         latency = time.monotonic() - started
@@ -197,8 +197,9 @@ def test_queued_jobs_survive_kill_9(deployed: Path, tmp_path: Path) -> None:
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         for n in range(20):
             started = time.monotonic()
-            response = client.post("/job", headers=bearer(key),
-                                   json={"sleep": 0.3, "dir": str(markers), "n": n})
+            response = client.post(
+                "/job", headers=bearer(key), json={"sleep": 0.3, "dir": str(markers), "n": n}
+            )
             latencies.append(time.monotonic() - started)
             assert response.status_code == 202, response.text
             accepted.append(response.json()["request_id"])
@@ -214,8 +215,10 @@ def test_queued_jobs_survive_kill_9(deployed: Path, tmp_path: Path) -> None:
                 worker.kill()
         gw.process.wait(timeout=10)
     ran_before = {p.name for p in markers.iterdir()}
-    print(f"enqueue-to-202 median {sorted(latencies)[10] * 1000:.1f} ms, "
-          f"max {max(latencies) * 1000:.1f} ms; {len(ran_before)} ran before the kill")
+    print(
+        f"enqueue-to-202 median {sorted(latencies)[10] * 1000:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms; {len(ran_before)} ran before the kill"
+    )
     assert 1 <= len(ran_before) < 20, "every job ran before the kill: nothing was tested"
 
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:

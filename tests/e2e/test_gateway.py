@@ -289,7 +289,8 @@ def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path) -> N
         with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
             sock.sendall(
                 b"POST /quick HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
-                + f"Authorization: Bearer {key}\r\n\r\n".encode() + b"only part"
+                + f"Authorization: Bearer {key}\r\n\r\n".encode()
+                + b"only part"
             )
             started = time.monotonic()
             answer = sock.recv(65536).decode()

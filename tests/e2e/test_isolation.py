@@ -83,11 +83,14 @@ def by_path(results: list[tuple[str, int]]) -> dict[str, collections.Counter[int
 
 
 async def test_five_crashes_and_five_hangs_fail_only_themselves(project: Path) -> None:
-    key = setup_project(project, {
-        "ok": ("python", PY_OK, {}),
-        "crash": ("python", PY_CRASH, {}),
-        "hang": ("python", PY_HANG, {"timeout": 1}),
-    })
+    key = setup_project(
+        project,
+        {
+            "ok": ("python", PY_OK, {}),
+            "crash": ("python", PY_CRASH, {}),
+            "hang": ("python", PY_HANG, {"timeout": 1}),
+        },
+    )
     paths = ["/ok"] * 10 + ["/crash"] * 5 + ["/hang"] * 5
     # interleave, so the crashes and hangs are in flight next to the ok requests
     paths = [paths[i] for i in sorted(range(20), key=lambda i: (i % 5, i))]
@@ -122,8 +125,11 @@ async def test_js_crashes_and_hangs_fail_only_themselves(project: Path) -> None:
             first = by_path(await fire(client, key, paths))
             expected = {"/py_ok": {200: 3}}
             for rt in JS_RUNTIMES:
-                expected |= {f"/{rt}_ok": {200: 4}, f"/{rt}_crash": {502: 3},
-                             f"/{rt}_hang": {504: 3}}
+                expected |= {
+                    f"/{rt}_ok": {200: 4},
+                    f"/{rt}_crash": {502: 3},
+                    f"/{rt}_hang": {504: 3},
+                }
             assert first == expected
 
             after = ["/py_ok"] * 3 + [f"/{rt}_ok" for rt in JS_RUNTIMES for _ in range(6)]

@@ -122,8 +122,9 @@ def js(
     project = tmp_path_factory.mktemp(f"js_{runtime}") / "proj"
     (project / "functions").mkdir(parents=True)
     write_function(project, "js", source(HANDLER, runtime), runtime=runtime, route="/js")
-    write_function(project, "js_hang", source(HANG, runtime), runtime=runtime, route="/hang",
-                   timeout=1)
+    write_function(
+        project, "js_hang", source(HANG, runtime), runtime=runtime, route="/hang", timeout=1
+    )
     flux(project, "deploy")
     flux(project, "project", "update", "--plan", "pro")
     key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
@@ -249,8 +250,9 @@ def test_missing_deno_is_named_by_deploy_and_gives_502_with_install_hint(
     key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
     auth = {"authorization": f"Bearer {key}"}
     with serve(project, env=no_deno) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        message = assert_error(client.post("/edge?mode=plain", headers=auth), 502,
-                               "runtime_unavailable")
+        message = assert_error(
+            client.post("/edge?mode=plain", headers=auth), 502, "runtime_unavailable"
+        )
         assert "deno is not installed" in message and "npm install" in message
         for _ in range(3):
             ok = client.post("/ok", headers=auth)

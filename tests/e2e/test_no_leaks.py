@@ -251,8 +251,11 @@ async def test_no_process_survives_200_requests_a_redeploy_and_sigterm(project: 
                     proc.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: a grandchild that calls setsid() leaves "
-                   "the worker's process group, so the group kill does not reach it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: a grandchild that calls setsid() leaves "
+    "the worker's process group, so the group kill does not reach it",
+)
 def test_a_grandchild_in_its_own_session_escapes(project: Path) -> None:
     write_function(project, "escape", PY_ESCAPE, route="/escape")
     flux(project, "deploy")

@@ -30,8 +30,7 @@ def handler(request, ctx):
     return {"rid": ctx.request_id, "traceparent": request["headers"].get("traceparent"),
             "xrid": request["headers"].get("x-request-id")}
 """
-HANG = "import time\ndef handler(request, ctx):\n    print('going to sleep')\n" \
-       "    time.sleep(60)\n"
+HANG = "import time\ndef handler(request, ctx):\n    print('going to sleep')\n    time.sleep(60)\n"
 VISIBLE_WITHIN_S = 1.0
 
 
@@ -69,8 +68,9 @@ def spans_by_name(trace: dict) -> dict[str, dict]:
 def test_a_200_has_gateway_runtime_function_spans_and_logs(deployed: Path) -> None:
     key = key_for(deployed, "ci-key")
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        response = client.post("/hello", headers={**bearer(key), "origin": "https://a.example"},
-                               json={})
+        response = client.post(
+            "/hello", headers={**bearer(key), "origin": "https://a.example"}, json={}
+        )
         assert response.status_code == 200, response.text
         rid = response.headers["x-request-id"]
         visible = wait_visible(deployed, rid)
@@ -139,8 +139,11 @@ def test_refused_and_failed_requests_leave_traces(deployed: Path) -> None:
         limited = client.post("/hello", headers=bearer(key), json={})
         assert limited.status_code == 429
 
-        cases = [(unauthorized, 401, "malformed_key"), (timed_out, 504, "function_timeout"),
-                 (limited, 429, "rate_limited")]
+        cases = [
+            (unauthorized, 401, "malformed_key"),
+            (timed_out, 504, "function_timeout"),
+            (limited, 429, "rate_limited"),
+        ]
         for response, status, error in cases:
             rid = response.headers["x-request-id"]
             assert wait_visible(deployed, rid) < VISIBLE_WITHIN_S
@@ -225,9 +228,7 @@ def test_prefix_lookup_last_and_json(deployed: Path) -> None:
 
     listed = json.loads(flux(deployed, "trace", "--last", "3", "--json").stdout)
     assert [item["request_id"] for item in listed] == list(reversed(ids[-3:]))
-    assert {"request_id", "started_at", "method", "path", "status", "duration_ms"} <= set(
-        listed[0]
-    )
+    assert {"request_id", "started_at", "method", "path", "status", "duration_ms"} <= set(listed[0])
 
 
 def _all_ids(project: Path) -> list[str]:
@@ -278,8 +279,7 @@ def test_w3c_traceparent_and_client_request_id(deployed: Path) -> None:
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", fresh_tp)
         assert fresh_tp.split("-")[1] != "4bf92f3577b34da6a3ce929d0e0e4736"
 
-        invalid = client.post("/hello", headers={**bearer(key), "traceparent": "garbage"},
-                              json={})
+        invalid = client.post("/hello", headers={**bearer(key), "traceparent": "garbage"}, json={})
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", invalid.json()["traceparent"])
         refused = client.post("/hello", headers={"traceparent": incoming}, json={})
         assert refused.status_code == 401
@@ -342,10 +342,14 @@ def test_metrics_and_health_access(deployed: Path) -> None:
     assert "flux_trace_writer_backlog" in samples
     assert samples['flux_workers{function="hello",state="idle"}'] >= 1
     assert 'flux_workers{function="hello",state="busy"}' in samples
-    for family, kind in [("flux_requests_total", "counter"),
-                         ("flux_request_duration_seconds", "histogram"),
-                         ("flux_rate_limited_total", "counter"), ("flux_workers", "gauge"),
-                         ("flux_queue_depth", "gauge"), ("flux_trace_writer_backlog", "gauge")]:
+    for family, kind in [
+        ("flux_requests_total", "counter"),
+        ("flux_request_duration_seconds", "histogram"),
+        ("flux_rate_limited_total", "counter"),
+        ("flux_workers", "gauge"),
+        ("flux_queue_depth", "gauge"),
+        ("flux_trace_writer_backlog", "gauge"),
+    ]:
         assert f"# TYPE {family} {kind}" in text
 
 
