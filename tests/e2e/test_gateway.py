@@ -301,3 +301,21 @@ def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path) -> N
         assert answer.startswith("HTTP/1.1 408")
         assert '"error":"request_timeout"' in answer
         assert "x-request-id" in answer.lower()
+
+
+def test_a_corrupt_state_file_keeps_the_last_good_state_live(deployed: Path) -> None:
+    key = key_for(deployed)
+    keys_file = deployed / ".flux" / "keys.json"
+    good = keys_file.read_text()
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
+        keys_file.write_text("{broken")  # a hand edit gone wrong
+        time.sleep(0.6)  # past the 200 ms reload tick
+        assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
+        assert any("keys.json" in line and "corrupt" in line for line in gw.output)
+        keys_file.write_text(good)
+        second = key_for(deployed, "second")
+        deadline = time.monotonic() + 1.0
+        while client.get("/slow?s=0", headers=bearer(second)).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
