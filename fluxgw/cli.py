@@ -23,6 +23,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flux", description="Flux functions gateway")
     parser.add_argument("--project", type=Path, help="project folder (default: found upward)")
+    parser.add_argument("--version", action="version", version=f"flux {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create a new project with example functions")
@@ -119,6 +120,15 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start workers on deploy, so first requests are warm (dev: always)",
     )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fluxgw")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
