@@ -35,10 +35,11 @@ CONNECTIONS = (1, 32)
 class Settings:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
-        self.seconds = 2 if quick else 4  # each measured wrk run
+        self.seconds = 2 if quick else 3  # each measured wrk run
         # Best of N measured runs per row, ceiling included: a transient stall of the shared
-        # 2-core machine costs one run, not the row (single runs varied by +-10 %).
-        self.repeats = 1 if quick else 2
+        # 2-core machine costs one run, not the row (single runs of the python row varied by
+        # +-15 %: four workers, the gateway and wrk share 2 cores).
+        self.repeats = 1 if quick else 3
         self.warmup = 1  # each warm-up wrk run (wrk's resolution is whole seconds)
         self.cold_runs = 2 if quick else 5
         self.decisions = 200_000 if quick else 1_000_000
