@@ -314,7 +314,12 @@ class Gateway:
         # The body must arrive within the function's timeout: under trio, hypercorn does not
         # report a client that stalls or goes away, so an unbounded read would hang forever.
         with trio.move_on_after(spec.timeout) as reading:
-            body = await read_body(receive, ex.headers.get("content-length"), self.options.max_body)
+            body = await read_body(
+                receive,
+                ex.headers.get("content-length"),
+                self.options.max_body,
+                chunked="transfer-encoding" in ex.headers,
+            )
         if reading.cancelled_caught:
             raise HttpError(
                 408,

@@ -44,10 +44,18 @@ def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-async def read_body(receive: Receive, declared_length: str | None, limit: int = MAX_BODY) -> bytes:
+async def read_body(
+    receive: Receive,
+    declared_length: str | None,
+    limit: int = MAX_BODY,
+    *,
+    chunked: bool = False,
+) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``:
     from Content-Length before reading anything, else while streaming, never buffering more
     than ``limit`` bytes."""
+    if declared_length is None and not chunked:
+        return b""  # RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding, no body
     if declared_length is not None:
         try:
             declared = int(declared_length)

@@ -319,3 +319,13 @@ def test_a_corrupt_state_file_keeps_the_last_good_state_live(deployed: Path) -> 
         while client.get("/slow?s=0", headers=bearer(second)).status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+
+
+def test_chunked_and_empty_bodies_reach_the_function(deployed: Path) -> None:
+    key = key_for(deployed)
+    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        headers = {**bearer(key), "content-type": "text/plain"}
+        chunked = client.post("/hello", headers=headers, content=iter([b"ab", b"cd"]))
+        assert chunked.json()["body"] == "abcd"
+        empty = client.post("/hello", headers=bearer(key))
+        assert empty.status_code == 200 and empty.json()["body"] is None
