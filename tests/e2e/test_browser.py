@@ -33,7 +33,7 @@ async function probe(url, options) {
   try {
     const r = await fetch(url, options);
     return {status: r.status, requestId: r.headers.get("x-request-id"),
-            retryAfterVisible: r.headers.has("ratelimit-policy"), body: await r.text()};
+            policyVisible: r.headers.has("ratelimit-policy"), body: await r.text()};
   } catch (e) {
     return {error: String(e)};
   }
@@ -119,36 +119,34 @@ def visit(url: str, profile: Path, page: PageServer) -> dict:
 ECHO = "def handler(request, ctx):\n    return {'got': request['body']}\n"
 
 
-def test_browser_reads_request_ids_from_another_origin(project: Path, tmp_path: Path) -> None:
+def browse(project: Path, tmp_path: Path, *allowlist: str) -> dict:
+    """Deploy the echo function, serve it, and let the browser page call it; its report."""
     write_function(project, "echo", ECHO, route="/echo")
     flux(project, "deploy")
     key = flux(project, "api-keys", "create", "--name", "browser").stdout.strip()
+    for origin in allowlist:
+        flux(project, "project", "update", "--cors-origin", origin)
     with serve(project) as gw:
         page = PageServer(PAGE % {"gateway": gw.url, "key": key})
         try:
-            report = visit(page.url, tmp_path / "profile", page)
+            return visit(page.url, tmp_path / "profile", page)
         finally:
             page.close()
+
+
+def test_browser_reads_request_ids_from_another_origin(project: Path, tmp_path: Path) -> None:
+    report = browse(project, tmp_path)
     ok, unauthorized = report["ok"], report["unauthorized"]
     assert ok.get("status") == 200, report
     assert json.loads(ok["body"]) == {"got": {"from": "browser"}}
     assert len(ok["requestId"]) >= 16
-    assert ok["retryAfterVisible"] is True  # RateLimit-Policy is exposed to scripts
+    assert ok["policyVisible"] is True  # RateLimit-Policy is exposed to scripts
     assert unauthorized.get("status") == 401, report
     assert len(unauthorized["requestId"]) >= 16
     assert json.loads(unauthorized["body"])["request_id"] == unauthorized["requestId"]
 
 
 def test_browser_is_refused_when_its_origin_is_not_allowed(project: Path, tmp_path: Path) -> None:
-    write_function(project, "echo", ECHO, route="/echo")
-    flux(project, "deploy")
-    key = flux(project, "api-keys", "create", "--name", "browser").stdout.strip()
-    flux(project, "project", "update", "--cors-origin", "https://only.example.com")
-    with serve(project) as gw:
-        page = PageServer(PAGE % {"gateway": gw.url, "key": key})
-        try:
-            report = visit(page.url, tmp_path / "profile", page)
-        finally:
-            page.close()
+    report = browse(project, tmp_path, "https://only.example.com")
     assert "error" in report["ok"], report  # the browser blocked the POST: no Allow-Origin
     assert "error" in report["unauthorized"], report
