@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -104,8 +103,3 @@ def _prune(state: StateDir, *, keep_from: int) -> None:
         if stem.isdigit() and (int(stem) < keep_from or entry.name.endswith(".tmp")):
             with contextlib.suppress(OSError):
                 shutil.rmtree(entry)
-
-
-def source_path(spec: FunctionSpec, state: StateDir) -> Path:
-    """Where the user edits this function (the snapshot's folder name is the same)."""
-    return state.project_dir / "functions" / spec.directory.name

@@ -80,13 +80,11 @@ class Exchange:
     started_perf: float
     live: LiveState
     key_name: str | None = None
-    key_hash: str | None = None
     rate_headers: Headers = attrs.Factory(list)
     span: dict[str, Any] = attrs.Factory(dict)  # attributes of the gateway span
     function: str | None = None
     extra_spans: list[Span] = attrs.Factory(list)
     logs: tuple = ()
-    traceparent: str = ""
     trace_id: str = ""
 
 
@@ -112,7 +110,6 @@ class Gateway:
         self._dirty = False
         self._live: LiveState | None = None
         self._deployed_version: int | None = None
-        self.ready = trio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -152,7 +149,6 @@ class Gateway:
                 await nursery.start(self._reload_loop)
                 await nursery.start(self._save_loop)
                 await nursery.start(self._run_queue)
-                self.ready.set()
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -265,7 +261,7 @@ class Gateway:
             raise HttpError(outcome.status, outcome.code, outcome.message, extra)
         record = outcome.record
         assert record is not None
-        ex.key_name, ex.key_hash = record.name, record.key_hash
+        ex.key_name = record.name
         ex.span["key"] = record.name
         self.key_usage[record.key_hash] = time.time()
 
@@ -336,7 +332,7 @@ class Gateway:
             spec=spec,
             body=body,
         )
-        ex.traceparent, ex.trace_id = invocation.traceparent, invocation.trace_id
+        ex.trace_id = invocation.trace_id
         if spec.is_async:
             await self.queue.enqueue(invocation, spec.name)
             ex.span["queued"] = True
