@@ -15,6 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from fluxgw.runtime.discovery import find_runtime
+
+# node and deno, for parametrize: skipped where a runtime is missing on a laptop, but never in
+# CI (CI=true), where scripts/setup installs both and a skip would hide a broken install.
+JS_RUNTIMES = [
+    pytest.param(
+        runtime,
+        marks=pytest.mark.skipif(
+            find_runtime(runtime) is None and not os.environ.get("CI"),
+            reason=f"{runtime} not installed (scripts/setup installs it)",
+        ),
+    )
+    for runtime in ("node", "deno")
+]
+
 FLUX = str(Path(sys.executable).with_name("flux"))
 READY = re.compile(r"serving .* at (http://\S+)")
 

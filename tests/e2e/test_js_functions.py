@@ -15,19 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import flux, serve, write_function
-
-from fluxgw.runtime.discovery import find_runtime
+from conftest import JS_RUNTIMES, flux, serve, write_function
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-RUNTIMES = [
-    pytest.param(
-        runtime,
-        marks=pytest.mark.skipif(find_runtime(runtime) is None, reason=f"{runtime} not installed"),
-    )
-    for runtime in ("node", "deno")
-]
+RUNTIMES = JS_RUNTIMES
 
 HANDLER = """
 const rt = globalThis.Deno ? "deno" : "node";

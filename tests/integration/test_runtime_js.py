@@ -10,22 +10,17 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import JS_RUNTIMES
 
 from fluxgw.project import FunctionSpec
 from fluxgw.runtime.api import FunctionFailed, Invocation
-from fluxgw.runtime.discovery import RuntimeFinder, find_runtime
+from fluxgw.runtime.discovery import RuntimeFinder
 from fluxgw.runtime.pool import PoolManager
 
 pytestmark = pytest.mark.timeout(60)
 
 ENTRY = {"node": "index.js", "deno": "index.ts"}
-RUNTIMES = [
-    pytest.param(
-        runtime,
-        marks=pytest.mark.skipif(find_runtime(runtime) is None, reason=f"{runtime} not installed"),
-    )
-    for runtime in ("node", "deno")
-]
+RUNTIMES = JS_RUNTIMES
 
 HANDLER = """
 export default async function (req, ctx) {
