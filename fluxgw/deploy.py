@@ -16,12 +16,12 @@ from typing import Any
 
 import attrs
 
-from .errors import StateError
+from . import snapshot
+from .errors import ConfigError, StateError
 from .project import FunctionSpec, load_functions
 from .state import StateDir, fsync_dir
 
 KEEP_DEPLOYMENTS = 3  # old snapshots kept so workers draining them still find their files
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".DS_Store")
 
 
 @attrs.frozen
@@ -61,6 +61,7 @@ def deploy(state: StateDir) -> Deployment:
     """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch."""
     project_dir = state.project_dir
     specs = load_functions(project_dir)  # validation first: a refused deploy writes nothing
+    checked = snapshot.plan(project_dir / "functions")
     state.ensure()
     with state.lock():
         current = load_deployment(state)
@@ -71,9 +72,12 @@ def deploy(state: StateDir) -> Deployment:
         if staging.exists():
             shutil.rmtree(staging)
         try:
-            shutil.copytree(project_dir / "functions", staging / "functions", ignore=COPY_IGNORE)
+            snapshot.copy(checked, staging / "functions")
             staging.rename(target)
             fsync_dir(state.deployments_dir)
+        except ConfigError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StateError(str(target), f"cannot snapshot functions: {exc}") from None

@@ -6,7 +6,6 @@ re-checks (the attrs habit from ARCHITECTURE.md). Every refusal names the file a
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,30 +14,125 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, ProjectNotFound
+from .safeio import UnsafeInput, clip, read_regular_file, shorten
+from .safeio import loads as safe_loads
 
 RUNTIMES = ("python", "node", "deno")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 DEFAULT_ENTRY = {"python": "main.py", "node": "index.js", "deno": "index.ts"}
 NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
-# A route is a plain absolute path: no query, no fragment, no whitespace, no dot segments.
-ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+# The route grammar (docs/limits.md): "/" or "/" segments joined by "/", an optional trailing
+# "/"; a segment is 1+ of these characters and is neither "." nor "..". No "%" (hypercorn gives
+# the gateway percent-decoded paths, so an escaped route could only match double-encoded), no
+# query, fragment or whitespace; at most MAX_ROUTE bytes.
+SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+MAX_ROUTE = 1024
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
 KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry")
+MAX_FLUX_JSON = 64 * 1024  # bytes; a flux.json is a few hundred
+
+
+def route_problem(route: str) -> str | None:
+    """Why ``route`` is not a valid route (one short line), or None if it is."""
+    if not isinstance(route, str):
+        return f"must be a string, got {type(route).__name__}"
+    if len(route.encode("utf-8", "surrogatepass")) > MAX_ROUTE:
+        return f"{clip(route)} is longer than {MAX_ROUTE} bytes"
+    if not route.startswith("/"):
+        return f"{clip(route)} must start with '/'"
+    if route == RESERVED_PREFIX or route.startswith(RESERVED_PREFIX + "/"):
+        return f"{clip(route)} is reserved for the gateway (/_flux/...)"
+    if route == "/":
+        return None
+    segments = route[1:].removesuffix("/").split("/")
+    for segment in segments:
+        if segment in (".", ".."):
+            return f"{clip(route)} has a dot segment ({segment!r}); write the path it means"
+        if "%" in segment:
+            return f"{clip(route)} has a '%': write the character itself, unescaped"
+        if not SEGMENT_PATTERN.fullmatch(segment):
+            return (
+                f"{clip(route)} is not a plain URL path (segments of A-Z a-z 0-9 and "
+                "-._~!$&'()*+,;=:@, no empty segment, no query)"
+            )
+    return None
+
+
+def _check(problem_of: Any) -> Any:
+    """An attrs validator from a ``value -> problem | None`` function."""
+
+    def validate(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        problem = problem_of(value)
+        if problem is not None:
+            raise FieldError("async" if attr.name == "is_async" else attr.name, problem)
+
+    return validate
+
+
+class FieldError(ValueError):
+    """A FunctionSpec field is invalid; ``field`` is its flux.json name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field '{field}': {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _name_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        return f"{clip(value)} must match [a-z0-9_-]{{1,64}}"
+    return None
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def problem(value: Any) -> str | None:
+        if value not in choices:
+            return f"{clip(value)} is not one of {', '.join(choices)}"
+        return None
+
+    return problem
+
+
+def _timeout_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {clip(value)}"
+    if not (MIN_TIMEOUT <= value <= MAX_TIMEOUT):  # NaN fails this too
+        return f"{clip(value)} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
+    return None
+
+
+def _entry_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        return f"must be a file name, got {clip(value)}"
+    if Path(value).is_absolute() or ".." in Path(value).parts:
+        return f"{clip(value)} must stay inside the function folder"
+    return None
+
+
+def _bool_problem(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {clip(value)}"
+
+
+def _directory_problem(value: Any) -> str | None:
+    if not isinstance(value, Path) or not value.is_absolute():
+        return f"must be an absolute path, got {clip(str(value))}"
+    return None
 
 
 @attrs.frozen
 class FunctionSpec:
     """One deployed function, as validated from its flux.json."""
 
-    name: str
-    runtime: str
-    route: str
-    method: str
-    directory: Path  # absolute path of the function's folder (in the deployment snapshot)
-    entry: str
-    is_async: bool = False
-    timeout: float = 30.0
+    name: str = attrs.field(validator=_check(_name_problem))
+    runtime: str = attrs.field(validator=_check(_one_of(RUNTIMES)))
+    route: str = attrs.field(validator=_check(route_problem))
+    method: str = attrs.field(validator=_check(_one_of(METHODS)))
+    # absolute path of the function's folder (in the deployment snapshot)
+    directory: Path = attrs.field(validator=_check(_directory_problem))
+    entry: str = attrs.field(validator=_check(_entry_problem))
+    is_async: bool = attrs.field(default=False, validator=_check(_bool_problem))
+    timeout: float = attrs.field(default=30.0, validator=_check(_timeout_problem))
 
     @property
     def entry_path(self) -> Path:
@@ -57,7 +151,19 @@ class FunctionSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FunctionSpec:
+    def from_json(cls, data: Any) -> FunctionSpec:
+        """Rebuild from :meth:`to_json` (deployment.json); FieldError names a bad field."""
+        if not isinstance(data, dict):
+            raise FieldError("function", f"must be a JSON object, got {clip(data)}")
+        known = (*KNOWN_FIELDS, "directory")
+        for field in known:
+            if field not in data:
+                raise FieldError(field, "is missing")
+        for field in data:
+            if field not in known:
+                raise FieldError(shorten(field, 30), "is not a known field")
+        if not isinstance(data["directory"], str) or "\x00" in data["directory"]:
+            raise FieldError("directory", f"must be a path, got {clip(data['directory'])}")
         return cls(
             name=data["name"],
             runtime=data["runtime"],
@@ -65,8 +171,8 @@ class FunctionSpec:
             method=data["method"],
             directory=Path(data["directory"]),
             entry=data["entry"],
-            is_async=bool(data["async"]),
-            timeout=float(data["timeout"]),
+            is_async=data["async"],
+            timeout=data["timeout"],
         )
 
 
@@ -90,21 +196,26 @@ def find_project(start: Path, explicit: Path | None = None) -> Path:
 def _require_type(file: str, field: str, value: Any, kind: type | tuple[type, ...], label: str):
     # bool is a subclass of int: refuse true/false where a number is asked for.
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(file, field, f"must be {label}, got {json.dumps(value)}")
+        raise ConfigError(file, field, f"must be {label}, got {clip(value)}")
     if not isinstance(value, kind):
-        raise ConfigError(file, field, f"must be {label}, got {json.dumps(value)}")
+        raise ConfigError(file, field, f"must be {label}, got {clip(value)}")
     return value
 
 
+def _require(file: str, field: str, problem: str | None) -> None:
+    if problem is not None:
+        raise ConfigError(file, field, problem)
+
+
 def parse_function(file: Path, raw: bytes, display: str | None = None) -> FunctionSpec:
-    """Validate one flux.json's bytes; ``file`` is its path (the function folder is its parent)."""
+    """Validate one flux.json's bytes; ``file`` is its path (the function folder is its parent).
+
+    Raises only ConfigError, whatever the bytes (tests/unit/test_hostile_input.py)."""
     shown = display or str(file)
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        detail = getattr(exc, "msg", str(exc))
-        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-        raise ConfigError(shown, None, f"invalid JSON{where}: {detail}") from None
+        data = safe_loads(raw)
+    except UnsafeInput as exc:
+        raise ConfigError(shown, None, str(exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(shown, None, "must hold a JSON object")
     for field in data:
@@ -112,41 +223,36 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
             hint = _closest(field, KNOWN_FIELDS)
             extra = f" (did you mean '{hint}'?)" if hint else ""
             known = ", ".join(KNOWN_FIELDS)
-            raise ConfigError(shown, field, f"unknown field{extra}; known: {known}")
+            raise ConfigError(shown, shorten(field, 30), f"unknown field{extra}; known: {known}")
     if "name" not in data:
         raise ConfigError(shown, "name", "is required")
     name = _require_type(shown, "name", data["name"], str, "a string")
-    if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(shown, "name", f"{name!r} must match [a-z0-9_-]{{1,64}}")
+    _require(shown, "name", _name_problem(name))
     if "runtime" not in data:
         raise ConfigError(shown, "runtime", f"is required (one of {', '.join(RUNTIMES)})")
     runtime = _require_type(shown, "runtime", data["runtime"], str, "a string")
-    if runtime not in RUNTIMES:
-        raise ConfigError(shown, "runtime", f"{runtime!r} is not one of {', '.join(RUNTIMES)}")
+    _require(shown, "runtime", _one_of(RUNTIMES)(runtime))
     route = _require_type(shown, "route", data.get("route", f"/{name}"), str, "a string")
-    if not route.startswith("/"):
-        raise ConfigError(shown, "route", f"{route!r} must start with '/'")
-    if not ROUTE_PATTERN.fullmatch(route) or "//" in route or "/./" in route or "/../" in route:
-        raise ConfigError(shown, "route", f"{route!r} is not a plain URL path")
-    if route == RESERVED_PREFIX or route.startswith(RESERVED_PREFIX + "/"):
-        raise ConfigError(shown, "route", f"{route!r} is reserved for the gateway (/_flux/...)")
+    _require(shown, "route", route_problem(route))
     method = _require_type(shown, "method", data.get("method", "POST"), str, "a string")
-    if method not in METHODS:
-        raise ConfigError(shown, "method", f"{method!r} is not one of {', '.join(METHODS)}")
+    _require(shown, "method", _one_of(METHODS)(method))
     is_async = _require_type(shown, "async", data.get("async", False), bool, "true or false")
     timeout = _require_type(shown, "timeout", data.get("timeout", 30), (int, float), "a number")
-    if not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
-        raise ConfigError(
-            shown, "timeout", f"{timeout} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
-        )
+    _require(shown, "timeout", _timeout_problem(timeout))
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
+    _require(shown, "entry", _entry_problem(entry))
     folder = file.parent
-    entry_path = (folder / entry).resolve()
-    if not entry_path.is_relative_to(folder.resolve()):
-        raise ConfigError(shown, "entry", f"{entry!r} must stay inside the function folder")
-    if not entry_path.is_file():
-        raise ConfigError(shown, "entry", f"entry file {entry!r} does not exist in {folder}")
+    try:
+        entry_path = (folder / entry).resolve()
+        inside = entry_path.is_relative_to(folder.resolve())
+        exists = inside and entry_path.is_file()
+    except (OSError, ValueError, RuntimeError):  # a symlink loop, an over-long name
+        inside = exists = False
+    if not inside:
+        raise ConfigError(shown, "entry", f"{clip(entry)} must stay inside the function folder")
+    if not exists:
+        raise ConfigError(shown, "entry", f"entry file {clip(entry)} does not exist in {folder}")
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -171,7 +277,9 @@ def load_functions(project_dir: Path) -> tuple[FunctionSpec, ...]:
     for config in sorted(functions_dir.glob("*/flux.json")):
         shown = str(config.relative_to(project_dir))
         try:
-            raw = config.read_bytes()
+            raw = read_regular_file(config, MAX_FLUX_JSON)
+        except UnsafeInput as exc:
+            raise ConfigError(shown, None, str(exc)) from None
         except OSError as exc:
             raise ConfigError(shown, None, f"cannot read: {exc.strerror}") from None
         specs.append(parse_function(config, raw, shown))

@@ -14,8 +14,8 @@ from fluxgw.project import find_project, load_functions
 def write_function(root: Path, folder: str, config: object, entry: str | None = "main.py") -> None:
     directory = root / "functions" / folder
     directory.mkdir(parents=True, exist_ok=True)
-    raw = config if isinstance(config, str) else json.dumps(config)
-    (directory / "flux.json").write_text(raw)
+    raw = config if isinstance(config, str | bytes) else json.dumps(config)
+    (directory / "flux.json").write_bytes(raw if isinstance(raw, bytes) else raw.encode())
     if entry:
         (directory / entry).write_text("def handler(request, ctx):\n    return 1\n")
 
@@ -39,6 +39,38 @@ INVALID = [
     ("route-wrong-type", {**GOOD, "route": ["/a"]}, "main.py", "route", "a string"),
     ("route-reserved", {**GOOD, "route": "/_flux/x"}, "main.py", "route", "reserved"),
     ("route-query", {**GOOD, "route": "/a?b=1"}, "main.py", "route", "plain URL path"),
+    ("route-dotdot", {**GOOD, "route": "/.."}, "main.py", "route", "dot segment ('..')"),
+    ("route-dot", {**GOOD, "route": "/."}, "main.py", "route", "dot segment ('.')"),
+    ("route-inner-dot", {**GOOD, "route": "/a/."}, "main.py", "route", "dot segment"),
+    ("route-inner-dotdot", {**GOOD, "route": "/a/../b"}, "main.py", "route", "dot segment"),
+    ("route-percent", {**GOOD, "route": "/a%20b"}, "main.py", "route", "has a '%'"),
+    ("route-empty-segment", {**GOOD, "route": "/a//b"}, "main.py", "route", "plain URL path"),
+    ("route-space", {**GOOD, "route": "/a b"}, "main.py", "route", "plain URL path"),
+    ("route-non-ascii", {**GOOD, "route": "/caf\u00e9"}, "main.py", "route", "plain URL path"),
+    ("route-too-long", {**GOOD, "route": "/" + "a" * 1024}, "main.py", "route", "1024 bytes"),
+    (
+        "timeout-nan",
+        '{"name": "hello", "runtime": "python", "timeout": NaN}',
+        "main.py",
+        None,
+        "NaN is not a valid JSON number",
+    ),  # fmt: skip
+    (
+        "timeout-huge",
+        '{"name": "hello", "runtime": "python", "timeout": 1e999}',
+        "main.py",
+        None,
+        "out of range",
+    ),  # fmt: skip
+    ("deep-nesting", "[" * 30_000, "main.py", None, "nested too deeply"),
+    (
+        "huge-number",
+        '{"name": "hello", "runtime": "python", "timeout": ' + "9" * 5000 + "}",
+        "main.py",
+        None,
+        "4300 digits",
+    ),  # fmt: skip
+    ("not-utf8", b"\xff\xfe{}", "main.py", None, "not UTF-8"),
     ("timeout-too-big", {**GOOD, "timeout": 31}, "main.py", "timeout", "out of range"),
     ("timeout-zero", {**GOOD, "timeout": 0}, "main.py", "timeout", "out of range"),
     ("timeout-wrong-type", {**GOOD, "timeout": "10"}, "main.py", "timeout", "a number"),
@@ -123,3 +155,21 @@ def test_find_project_walks_upward(tmp_path: Path) -> None:
 def test_find_project_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ProjectNotFound, match="flux init"):
         find_project(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "route", ["/", "/a", "/a/", "/a/b.c/d", "/v1/users:search", "/~x/@y/a-b_c", "/a" * 512]
+)
+def test_routes_of_the_grammar_are_accepted(tmp_path: Path, route: str) -> None:
+    write_function(tmp_path, "hello", {**GOOD, "route": route})
+    (spec,) = load_functions(tmp_path)
+    assert spec.route == route
+
+
+def test_a_long_bad_value_is_cut_in_the_message(tmp_path: Path) -> None:
+    write_function(tmp_path, "hello", {**GOOD, "route": "/a?" + "x" * 10_000})
+    with pytest.raises(ConfigError) as caught:
+        load_functions(tmp_path)
+    message = str(caught.value)
+    assert len(message) < 400, len(message)
+    assert "(10003 characters)" in message
