@@ -18,7 +18,9 @@ import attrs
 
 from . import snapshot
 from .errors import ConfigError, StateError
-from .project import FunctionSpec, load_functions
+from .project import FieldError, FunctionSpec, load_functions
+from .routing import RouteTable
+from .safeio import clip
 from .state import StateDir, fsync_dir
 
 KEEP_DEPLOYMENTS = 3  # old snapshots kept so workers draining them still find their files
@@ -42,19 +44,35 @@ EMPTY = Deployment(version=0, deployed_at=0.0, functions=())
 
 
 def load_deployment(state: StateDir) -> Deployment:
+    """The live deployment from deployment.json; StateError names the file and field."""
     data = state.read_json(state.deployment_file)
     if data is None:
         return EMPTY
+    path = str(state.deployment_file)
+
+    def refuse(field: str, problem: str) -> StateError:
+        return StateError(path, f"field '{field}': {problem}; left untouched")
+
+    if not isinstance(data, dict):
+        raise StateError(path, "must hold a JSON object; left untouched")
+    version, deployed_at, items = (data.get(f) for f in ("version", "deployed_at", "functions"))
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise refuse("version", f"must be a whole number >= 0, got {clip(version)}")
+    if isinstance(deployed_at, bool) or not isinstance(deployed_at, int | float):
+        raise refuse("deployed_at", f"must be epoch seconds, got {clip(deployed_at)}")
+    if not isinstance(items, list):
+        raise refuse("functions", f"must be a list, got {clip(items)}")
+    functions = []
+    for index, item in enumerate(items):
+        try:
+            functions.append(FunctionSpec.from_json(item))
+        except FieldError as exc:
+            raise refuse(f"functions[{index}].{exc.field}", exc.problem) from None
     try:
-        return Deployment(
-            version=int(data["version"]),
-            deployed_at=float(data["deployed_at"]),
-            functions=tuple(FunctionSpec.from_json(item) for item in data["functions"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(
-            str(state.deployment_file), f"is not a valid deployment ({exc}); left untouched"
-        ) from None
+        RouteTable(functions)  # two functions with one name, or on one route + method
+    except ValueError as exc:
+        raise refuse("functions", str(exc)) from None
+    return Deployment(version=version, deployed_at=float(deployed_at), functions=tuple(functions))
 
 
 def deploy(state: StateDir) -> Deployment:

@@ -115,9 +115,10 @@ class Gateway:
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
         self._live = self.loader.load()
-        saved = self.state.read_json(self.state.ratelimit_file, default={})
-        if isinstance(saved, dict):
-            self.limiter.restore({k: float(v) for k, v in saved.items()})
+        try:
+            self.limiter.restore(self.state.read_epoch_map(self.state.ratelimit_file))
+        except StateError as exc:  # limiter state only: serve with full buckets, say so once
+            log.error("%s; starting with full rate-limit buckets", exc)
 
     @property
     def live(self) -> LiveState:
@@ -168,10 +169,14 @@ class Gateway:
                 continue
             try:
                 await self.reload_now()
-            except StateError as exc:
-                log.error("keeping the previous state: %s", exc)
-            except Exception:  # a reload must never take the gateway down
+            except StateError as exc:  # once per distinct content of the file
+                if self.loader.first_report(exc):
+                    log.error("keeping the previous state: %s", exc)
+            except Exception:  # a reload must never take the gateway down (retried on change)
                 log.exception("reload failed; keeping the previous state")
+            else:
+                if recovered := self.loader.take_recovered():
+                    log.warning("%s is valid again", recovered)
 
     async def reload_now(self) -> None:
         """Pick up .flux/ changes at once (used by `flux dev` and the test harness)."""

@@ -87,7 +87,4 @@ def revoke_key(state: StateDir, name: str, *, now: float | None = None) -> KeyRe
 
 def load_usage(state: StateDir) -> dict[str, float]:
     """Last-used epoch seconds by key hash, as the gateway last saved them."""
-    data = state.read_json(state.key_usage_file, default={})
-    if not isinstance(data, dict):
-        raise StateError(str(state.key_usage_file), "is not a JSON object; left untouched")
-    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+    return state.read_epoch_map(state.key_usage_file)

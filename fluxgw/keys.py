@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import sys
@@ -152,7 +153,7 @@ def _check_name(_inst: Any, _attr: Any, value: str) -> None:
 def _check_time(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if value is None and attr.name == "revoked_at":
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{attr.name} must be a number of epoch seconds, got {value!r}")
 
 

@@ -7,6 +7,8 @@ of three small files (fingerprint: mtime, size, inode), and parses them in a wor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
 from .cors import CorsPolicy
@@ -44,6 +46,10 @@ class LiveLoader:
         self.state = state
         self.seen: Fingerprints | None = None
         self.current: LiveState | None = None
+        # A corrupt file is parsed (and reported) once per distinct content, not every 200 ms:
+        # the fingerprints of the failed attempt, and the file and fingerprint last reported.
+        self.failed: Fingerprints | None = None
+        self.reported: tuple[str, Fingerprint] | None = None
 
     def fingerprints(self) -> Fingerprints:
         return Fingerprints(
@@ -53,7 +59,26 @@ class LiveLoader:
         )
 
     def changed(self) -> bool:
-        return self.fingerprints() != self.seen
+        """Did a file change since the last load, or since the last failed attempt?"""
+        marks = self.fingerprints()
+        return marks != self.seen and marks != self.failed
+
+    def first_report(self, exc: StateError) -> bool:
+        """True the first time this problem (this file with this content) is seen: log it then,
+        and not again until the file changes (docs/limits.md)."""
+        key = (exc.path, fingerprint(Path(exc.path)))
+        if key == self.reported:
+            return False
+        self.reported = key
+        return True
+
+    def take_recovered(self) -> str | None:
+        """The file last reported as corrupt, if the last load succeeded since ("X is valid
+        again"); then forgets it."""
+        if self.reported is None or self.failed is not None:
+            return None
+        path, self.reported = self.reported[0], None
+        return path
 
     def load(self) -> LiveState:
         """Blocking (file reads): call from a thread when the event loop is running.
@@ -61,6 +86,15 @@ class LiveLoader:
         Raises StateError if a file is corrupt: the caller keeps the previous LiveState.
         """
         marks = self.fingerprints()
+        try:
+            live = self._load(marks)
+        except BaseException:
+            self.failed = marks
+            raise
+        self.failed = None
+        return live
+
+    def _load(self, marks: Fingerprints) -> LiveState:
         old, previous = self.current, self.seen
         settings = load_settings(self.state, create=True)
         if (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -9,7 +10,10 @@ import attrs
 from .cors import normalize_origin
 from .errors import FluxError, StateError
 from .ratelimit import PLANS
+from .safeio import clip, shorten
 from .state import StateDir, new_project_id
+
+PROJECT_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 @attrs.frozen
@@ -27,19 +31,29 @@ class ProjectSettings:
 
 
 def _from_json(path: str, data: Any) -> ProjectSettings:
-    try:
-        project_id = data["project_id"]
-        plan = data.get("plan", "free")
-        origins = data.get("cors_origins", [])
-        if not isinstance(project_id, str) or not project_id:
-            raise ValueError("project_id must be a non-empty string")
-        if plan not in PLANS:
-            raise ValueError(f"plan {plan!r} is not one of {', '.join(PLANS)}")
-        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-            raise ValueError("cors_origins must be a list of strings")
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        raise StateError(path, f"is not valid project settings ({exc}); left untouched") from None
-    return ProjectSettings(project_id=project_id, plan=plan, cors_origins=tuple(origins))
+    """Validate project.json; StateError names the file and the field."""
+
+    def refuse(field: str, problem: str) -> StateError:
+        return StateError(path, f"field '{field}': {problem}; left untouched")
+
+    if not isinstance(data, dict):
+        raise StateError(path, "must hold a JSON object; left untouched")
+    project_id = data.get("project_id")
+    plan = data.get("plan", "free")
+    origins = data.get("cors_origins", [])
+    if not isinstance(project_id, str) or not PROJECT_ID.fullmatch(project_id):
+        raise refuse("project_id", f"must be 1-64 letters or digits, got {clip(project_id)}")
+    if not isinstance(plan, str) or plan not in PLANS:
+        raise refuse("plan", f"{clip(plan)} is not one of {', '.join(PLANS)}")
+    if not isinstance(origins, list):
+        raise refuse("cors_origins", f"must be a list of origins, got {clip(origins)}")
+    normalized = []
+    for index, origin in enumerate(origins):
+        try:
+            normalized.append(normalize_origin(origin))  # as `flux project update` stores it
+        except ValueError as exc:
+            raise refuse(f"cors_origins[{index}]", shorten(str(exc), 200)) from None
+    return ProjectSettings(project_id=project_id, plan=plan, cors_origins=tuple(normalized))
 
 
 def load_settings(state: StateDir, *, create: bool = False) -> ProjectSettings:

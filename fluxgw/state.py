@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
+from .safeio import UnsafeInput, clip, read_regular_file, shorten
+from .safeio import loads as safe_loads
 
 GITIGNORE = "# Written by the flux command: keys, limiter state, traces. Never commit.\n*\n"
 PRIVATE_FILE = 0o600
@@ -29,6 +31,7 @@ PRIVATE_DIR = 0o700
 LOCKED_FILES = ("keys.json", "project.json", "deployment.json", "ratelimit.json", "key-usage.json")
 
 Fingerprint = tuple[int, int, int] | None
+MAX_STATE_FILE = 512 * 1024 * 1024  # keys.json of 1,000,000 keys is ~250 MB
 
 
 class StateDir:
@@ -114,18 +117,37 @@ class StateDir:
     def read_json(self, path: Path, default: Any = None) -> Any:
         """Parsed content of ``path``, ``default`` if it does not exist; StateError if corrupt."""
         try:
-            raw = path.read_bytes()
+            raw = read_regular_file(path, MAX_STATE_FILE)
         except FileNotFoundError:
             return default
         except OSError as exc:
             raise StateError(str(path), f"cannot read: {exc.strerror}") from None
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return safe_loads(raw)
+        except UnsafeInput as exc:
             raise StateError(
                 str(path),
                 f"is corrupt ({exc}); it was left untouched: fix or remove it by hand",
             ) from None
+
+    def read_epoch_map(self, path: Path) -> dict[str, float]:
+        """A JSON object of name -> epoch seconds (ratelimit.json, key-usage.json), validated:
+        StateError names the file and the first bad field."""
+        data = self.read_json(path, default={})
+        if not isinstance(data, dict):
+            raise StateError(str(path), "must hold a JSON object; left untouched")
+        result: dict[str, float] = {}
+        for name, value in data.items():
+            number = value if isinstance(value, float) else None
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 53:
+                number = float(value)
+            if number is None:
+                field = shorten(name, 30)
+                raise StateError(
+                    str(path), f"field '{field}': must be epoch seconds, got {clip(value)}"
+                )
+            result[name] = number
+        return result
 
     def write_json(self, path: Path, data: Any, *, mode: int = PRIVATE_FILE) -> None:
         self.ensure()
