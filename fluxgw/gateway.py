@@ -22,6 +22,7 @@ import orjson
 from . import cors, keys
 from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
+from .feed import RequestFeed, job_event, request_event
 from .httpio import (
     MAX_BODY,
     Headers,
@@ -87,6 +88,7 @@ class Exchange:
     extra_spans: list[Span] = attrs.Factory(list)
     logs: tuple = ()
     trace_id: str = ""
+    message: str | None = None  # an error answer's human text (for the request log)
 
 
 class Gateway:
@@ -107,6 +109,7 @@ class Gateway:
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
+        self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
         self._live: LiveState | None = None
@@ -244,6 +247,7 @@ class Gateway:
             status, headers, body = exc.status, [*exc.headers, JSON], b""
             body = error_body(exc.code, exc.message, ex.request_id)
             ex.span.setdefault("error", exc.code)
+            ex.message = exc.message
         except Exception:  # a bug of ours: still a proper answer with an id to trace
             log.exception("internal error handling request %s", ex.request_id)
             status, headers = 500, [JSON]
@@ -444,6 +448,8 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
+        if self.feed.active:
+            self._publish(ex, status, duration_ms)
         if not self.traces.enabled:
             return
         gateway_span = Span(
@@ -470,6 +476,24 @@ class Gateway:
             )
         )
 
+    def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
+        self.feed.publish(
+            request_event(
+                at=ex.started,
+                request_id=ex.request_id,
+                method=ex.method,
+                path=ex.path,
+                status=status,
+                duration_ms=duration_ms,
+                function=ex.function,
+                principal=ex.key_name,
+                gateway_span=ex.span,
+                spans=ex.extra_spans,
+                logs=ex.logs,
+                message=ex.message,
+            )
+        )
+
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:
         spec = self.live.routes.by_name(function)
@@ -480,3 +504,5 @@ class Gateway:
 
     def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
         self.traces.update_async_state(job.request_id, event, details)
+        if self.feed.active:
+            self.feed.publish(job_event(job.request_id, event, details))
