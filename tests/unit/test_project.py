@@ -54,14 +54,14 @@ INVALID = [
         "main.py",
         None,
         "NaN is not a valid JSON number",
-    ),  # fmt: skip
+    ),
     (
         "timeout-huge",
         '{"name": "hello", "runtime": "python", "timeout": 1e999}',
         "main.py",
         None,
         "out of range",
-    ),  # fmt: skip
+    ),
     ("deep-nesting", "[" * 30_000, "main.py", None, "nested too deeply"),
     (
         "huge-number",
@@ -69,7 +69,7 @@ INVALID = [
         "main.py",
         None,
         "4300 digits",
-    ),  # fmt: skip
+    ),
     ("not-utf8", b"\xff\xfe{}", "main.py", None, "not UTF-8"),
     ("timeout-too-big", {**GOOD, "timeout": 31}, "main.py", "timeout", "out of range"),
     ("timeout-zero", {**GOOD, "timeout": 0}, "main.py", "timeout", "out of range"),
