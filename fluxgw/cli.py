@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _loop_argument(dev)
+    _connections_argument(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    _connections_argument(serve)
     _pool_arguments(serve)
 
     routes = commands.add_parser("routes", help="show the routing table")
@@ -92,6 +94,16 @@ def _loop_argument(parser: argparse.ArgumentParser) -> None:
         choices=("trio", "asyncio"),
         default="trio",
         help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
+
+
+def _connections_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="concurrent client connections; more get 503 (default 10000, docs/limits.md)",
     )
 
 

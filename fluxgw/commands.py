@@ -98,6 +98,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         tracing=not args.no_tracing,
         loop=args.loop,
+        max_connections=args.max_connections,
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -133,6 +134,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         dev=True,
         loop=args.loop,
+        max_connections=args.max_connections,
         **pool_options(args),
     )
     return run_server(config)

@@ -3,13 +3,16 @@ and which of a function's response headers may reach the client."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from typing import Any
 
+from .errors import HttpError
 from .httpio import HOP_BY_HOP, Headers
 from .project import FunctionSpec
 from .runtime.api import Invocation
+from .safeio import clip, shorten
 from .tracing import new_traceparent
 
 # Never forwarded from the caller: the key never reaches a function, and the gateway's own
@@ -19,6 +22,11 @@ NOT_FORWARDED = frozenset({"authorization", "x-request-id", "traceparent", "trac
 # (an `Access-Control-Allow-Origin: *` of its own would bypass the allowlist, and two values
 # make browsers refuse the answer) nor contradict the rate-limit fields.
 GATEWAY_OWNED_PREFIXES = ("access-control-", "ratelimit")
+# Sent by hypercorn on every answer (Date), or by nobody (Server: the gateway does not
+# advertise itself): a function's own would be a second value.
+SERVER_OWNED = frozenset({"date", "server"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
+_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (§5.5)
 
 
 def build_invocation(
@@ -58,27 +66,38 @@ def build_invocation(
 
 def function_headers(pairs: tuple[tuple[str, str], ...]) -> Headers:
     """A function's response headers, lower-cased, without hop-by-hop fields (the gateway
-    frames the response itself), without the fields the gateway owns (CORS, rate limit) and
-    without values that would break the HTTP framing."""
+    frames the response itself; RFC 9110 §7.6.1, including those its Connection names),
+    without the fields the gateway or the server own (CORS, rate limit, Date, Server).
+
+    A name that is not an RFC 9110 token, or a value with a control character, would be a
+    header injection: the whole answer is refused with 502 ``invalid_response`` and nothing
+    of it reaches the client (docs/limits.md)."""
     headers: Headers = []
+    dropped = HOP_BY_HOP
+    for name, value in pairs:
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise HttpError(502, "invalid_response", f"the function's response {problem}")
+        lower = name.lower()
+        if lower == "connection":
+            named = {token.strip().lower() for token in value.split(",")}
+            dropped = dropped | named
     for name, value in pairs:
         lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower.startswith(GATEWAY_OWNED_PREFIXES)
-            or not _valid_header(lower, value)
-        ):
+        if lower in dropped or lower in SERVER_OWNED or lower.startswith(GATEWAY_OWNED_PREFIXES):
             continue
         headers.append((lower, value))
     return headers
 
 
-def _valid_header(name: str, value: str) -> bool:
-    if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
-        return False
+def header_problem(name: object, value: object) -> str | None:
+    """Why (name, value) cannot be sent as an HTTP header field, or None."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        return f"header name {clip(name, 40)} is not a valid field name"
+    if not isinstance(value, str) or _FORBIDDEN_IN_VALUE.search(value):
+        return f"header {shorten(name, 40)} has a control character in its value"
     try:
-        name.encode("ascii")
         value.encode("latin-1")
     except UnicodeEncodeError:
-        return False
-    return True
+        return f"header {shorten(name, 40)} has a character outside Latin-1 in its value"
+    return None

@@ -23,6 +23,7 @@ from . import cors, keys
 from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
 from .feed import RequestFeed, job_event, request_event
+from .httpedges import check_framing, refuse_websocket
 from .httpio import (
     MAX_BODY,
     Headers,
@@ -224,7 +225,8 @@ class Gateway:
             await self.handle(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        # websockets are not served: hypercorn answers the handshake with 500 if we return
+        elif scope["type"] == "websocket":  # not served: a JSON 501, not hypercorn's empty 500
+            await refuse_websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Returning at once on lifespan crashes hypercorn's trio worker: acknowledge both.
@@ -266,6 +268,7 @@ class Gateway:
         self, ex: Exchange, scope: dict[str, Any], receive: Receive
     ) -> tuple[int, Headers, bytes]:
         live = ex.live
+        check_framing(ex.headers)  # Content-Length with Transfer-Encoding: 400, close
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
             return self._preflight(ex)
         if ex.path == "/_flux/health":

@@ -25,6 +25,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "proxy-authenticate",
         "proxy-authorization",
+        "proxy-connection",
         "content-length",
         "x-request-id",
     }

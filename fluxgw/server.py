@@ -28,6 +28,8 @@ import attrs
 import sniffio
 from hypercorn.config import Config
 
+from .connguard import DEFAULT_MAX_CONNECTIONS, effective_limit, raise_open_file_limit
+from .connguard import install as install_connection_cap
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .state import StateDir
@@ -52,6 +54,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
     loop: Loop = "trio"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # docs/limits.md
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -234,6 +237,9 @@ def backend(loop: Loop) -> dict[str, Any]:
 def run_server(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     failure: OSError | None = None
+    if config.max_connections < 1:
+        raise FluxError("--max-connections must be >= 1")
+    install_connection_cap(effective_limit(config.max_connections, raise_open_file_limit()))
     with single_gateway(StateDir(config.project_dir)):
         try:
             anyio.run(_main, config, **backend(config.loop))
