@@ -19,7 +19,7 @@ import anyio.abc
 import attrs
 import orjson
 
-from . import cors, keys
+from . import cors, keys, reserve
 from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
 from .feed import RequestFeed, job_event, request_event
@@ -68,6 +68,7 @@ class GatewayOptions:
     prewarm: bool = False
     tracing: bool = True
     max_body: int = MAX_BODY
+    disk_reserve: bool = False  # keep .flux/space-reserve (flux serve/dev; reserve.py)
 
 
 @attrs.define
@@ -113,6 +114,7 @@ class Gateway:
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
+        self._save_error: str | None = None
         self._live: LiveState | None = None
         self._deployed_version: int | None = None
 
@@ -120,6 +122,8 @@ class Gateway:
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
         self._live = self.loader.load()
+        if self.options.disk_reserve:  # space a revocation can use on a full disk
+            reserve.ensure(self.state.root)
         try:
             self.limiter.restore(self.state.read_epoch_map(self.state.ratelimit_file))
         except StateError as exc:  # limiter state only: serve with full buckets, say so once
@@ -213,11 +217,18 @@ class Gateway:
         buckets, usage = snapshot if snapshot is not None else self.state_snapshot()
         try:
             with self.state.lock():
-                self.state.write_json(self.state.ratelimit_file, buckets)
+                # never the disk reserve: it is kept for `flux api-keys revoke` (reserve.py)
+                self.state.write_json(self.state.ratelimit_file, buckets, use_reserve=False)
                 if usage:
-                    self.state.write_json(self.state.key_usage_file, usage)
+                    self.state.write_json(self.state.key_usage_file, usage, use_reserve=False)
         except (StateError, OSError) as exc:
-            log.error("could not save gateway state: %s", exc)
+            if str(exc) != self._save_error:  # once per kind: a full disk fails every 2 s
+                log.error("could not save gateway state: %s", exc)
+            self._save_error = str(exc)
+        else:
+            self._save_error = None
+        if self.options.disk_reserve:
+            reserve.ensure(self.state.root)
 
     # -- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:

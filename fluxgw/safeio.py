@@ -33,7 +33,9 @@ def clip(value: object, limit: int = CLIP) -> str:
 
 
 def shorten(text: str, limit: int = CLIP) -> str:
-    """``text`` itself (not its repr), cut like :func:`clip`."""
+    """``text`` itself (not its repr, but control characters escaped), cut like :func:`clip`."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"

@@ -132,6 +132,7 @@ async def _main(config: ServerConfig) -> None:
             max_workers=config.max_workers,
             min_workers=config.min_workers,
             idle_timeout=config.idle_timeout,
+            disk_reserve=True,
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import reserve
 from .errors import StateError
 from .safeio import UnsafeInput, clip, read_regular_file, shorten
 from .safeio import loads as safe_loads
@@ -149,11 +150,23 @@ class StateDir:
             result[name] = number
         return result
 
-    def write_json(self, path: Path, data: Any, *, mode: int = PRIVATE_FILE) -> None:
+    def write_json(
+        self, path: Path, data: Any, *, mode: int = PRIVATE_FILE, use_reserve: bool = True
+    ) -> None:
+        """Write ``data`` atomically. On a full disk, ``use_reserve`` frees the space the
+        gateway keeps in reserve and tries once more (reserve.py): a revocation must never
+        lose to traces. The gateway's own periodic writes pass ``use_reserve=False``."""
         self.ensure()
         payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
         try:
-            atomic_write_bytes(path, payload, mode=mode)
+            try:
+                atomic_write_bytes(path, payload, mode=mode)
+            except OSError as exc:
+                if not (use_reserve and exc.errno in reserve.NO_SPACE):
+                    raise
+                if not reserve.release(self.root):
+                    raise
+                atomic_write_bytes(path, payload, mode=mode)
         except OSError as exc:
             raise StateError(str(path), f"cannot write: {exc.strerror}") from None
 

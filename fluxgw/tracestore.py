@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 import orjson
 
+from . import tracesize
 from .errors import StateError
 from .runtime.api import LogLine
 from .tracing import (
@@ -48,6 +49,7 @@ from .tracing import (
 log = logging.getLogger(__name__)
 
 MIN_PREFIX = 6
+DEFAULT_MAX_BYTES = tracesize.DEFAULT_MAX_BYTES  # traces.db on disk, docs/limits.md
 MAX_PENDING = 50_000  # ~ a few seconds of a very busy gateway; past it the oldest are dropped
 RETENTION_EVERY = 50  # flushes between retention passes (~5 s at 100 ms)
 ORPHAN_GRACE_S = 300.0  # events may reach the disk before their trace row; keep them a while
@@ -146,6 +148,7 @@ def connect(db_path: Path, *, create: bool) -> sqlite3.Connection | None:
     conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     if create:
+        tracesize.prepare(conn)  # first: incremental auto-vacuum must precede WAL and tables
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # traces are diagnostics: no fsync per batch
         conn.execute("PRAGMA temp_store = MEMORY")  # json_each batches: no temp file per write
@@ -166,6 +169,7 @@ class TraceStore:
         db_path: Path,
         *,
         max_traces: int = 10_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         max_age_s: float = 7 * 86400,
         flush_interval: float = 0.1,
         batch_size: int = 500,
@@ -175,6 +179,8 @@ class TraceStore:
     ) -> None:
         self.db_path = Path(db_path)
         self.max_traces = max_traces
+        self.max_bytes = max_bytes
+        self._write_error: str | None = None  # the last one logged: a full disk logs once
         self.max_age_s = max_age_s
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -298,10 +304,17 @@ class TraceStore:
                 events = _dumps([row for kind, row in batch if kind is _EVENT])
                 # Not abandoned on cancel: a batch taken from the buffer is always finished.
                 await anyio.to_thread.run_sync(self._write, traces, events)
-            except Exception:
-                # Disk full, a locked file, an odd attribute: lose this batch, not the gateway.
-                log.exception("trace writer: could not write %d traces", count)
+            except Exception as exc:
+                # Disk full, a locked file, an odd attribute: lose this batch, not the gateway;
+                # say so once per kind of failure, not 10 times a second.
+                if str(exc) != self._write_error:
+                    self._write_error = str(exc)
+                    log.error("trace writer: traces are dropped until this clears: %s", exc)
                 self._dropped += count
+            else:
+                if self._write_error is not None:
+                    self._write_error = None
+                    log.warning("trace writer: writing traces again")
             finally:
                 self._writing = 0
 
@@ -314,10 +327,15 @@ class TraceStore:
             conn.execute(_INSERT_EVENTS, (events,))
 
     def _apply_retention(self, now: float) -> None:
-        """Delete traces past ``max_age_s`` and beyond the newest ``max_traces``."""
+        """Delete traces past ``max_age_s``, beyond the newest ``max_traces`` and beyond
+        ``max_bytes`` on disk, and give the space back (tracesize.py)."""
         conn = self._conn
         if conn is None:
             return
+        self._retain_by_count_and_age(conn, now)
+        tracesize.enforce(conn, self.max_bytes)
+
+    def _retain_by_count_and_age(self, conn: sqlite3.Connection, now: float) -> None:
         with conn:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no BUSY on upgrade
             cutoff = now - self.max_age_s

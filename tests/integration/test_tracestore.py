@@ -244,3 +244,33 @@ async def test_disabled_store_records_nothing(tmp_path):
         tasks.cancel_scope.cancel()
     assert store.last(10) == []
     assert not (tmp_path / "traces.db").exists()
+
+
+def store_size(db) -> int:
+    return sum(
+        os.path.getsize(f"{db}{suffix}")
+        for suffix in ("", "-wal")
+        if os.path.exists(f"{db}{suffix}")
+    )
+
+
+async def test_retention_by_size_keeps_the_file_under_the_cap(tmp_path):
+    """traces.db is bounded by size too, and the space is given back (docs/limits.md)."""
+    db = tmp_path / "traces.db"
+    cap = 2 * 1024 * 1024
+    store = TraceStore(db, max_bytes=cap, max_traces=1_000_000)
+    big_logs = [LogLine(1.0, "stdout", "x" * 1000) for _ in range(50)]  # ~50 KB per trace
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
+        base = time.time()
+        traces = [make_trace(started_at=base + i, logs=big_logs) for i in range(200)]  # ~10 MB
+        for trace in traces:
+            store.record(trace)
+        await wait_until(lambda: store.backlog == 0)
+        assert store_size(db) > 4 * cap  # over the cap before retention runs
+        await anyio.to_thread.run_sync(store._apply_retention, base + 200)
+        assert store_size(db) <= cap, store_size(db)
+        kept = store.last(1000)
+        assert kept and kept[0].request_id == traces[-1].request_id  # the newest stay
+        assert len(kept) < len(traces)
+        tasks.cancel_scope.cancel()
