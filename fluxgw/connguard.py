@@ -99,7 +99,7 @@ def install(limit: int) -> None:
 
 
 def _capped(base: type, refuse: Any) -> type:
-    class CappedTCPServer(base):  # type: ignore[misc, valid-type]
+    class CappedTCPServer(base):
         _fluxgw_capped = True
 
         async def run(self) -> None:

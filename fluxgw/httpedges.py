@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import HttpError
-from .httpio import Receive, Send, error_body
+from .httpio import Receive, Scope, Send, error_body
 from .tracing import new_request_id
 
 CLOSE = ("connection", "close")
@@ -30,7 +28,7 @@ def check_framing(headers: dict[str, str]) -> None:
         )
 
 
-async def refuse_websocket(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer a WebSocket handshake with a JSON 501 (or close it, if the server cannot send
     an HTTP answer)."""
     message = await receive()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import bearer, flux, key_for, serve, write_function
+from tests.conftest import SERVER_LOOPS, bearer, flux, key_for, serve, write_function
 
 pytestmark = pytest.mark.e2e
 
@@ -112,10 +112,11 @@ def test_open_file_limit_is_raised_to_the_hard_limit(project: Path) -> None:
     assert line.split()[3] == expected, line
 
 
-def test_connections_over_the_cap_get_a_clean_503(project: Path) -> None:
+@SERVER_LOOPS
+def test_connections_over_the_cap_get_a_clean_503(project: Path, loop: str) -> None:
     write_function(project, "x", "def handler(request, ctx):\n    return 1\n")
     flux(project, "deploy")
-    with serve(project, "--max-connections", "8") as gw:
+    with serve(project, "--max-connections", "8", loop=loop) as gw:
         parts = urlsplit(gw.url)
         address = (parts.hostname, parts.port)
         held = [socket.create_connection(address, timeout=5) for _ in range(8)]
@@ -147,3 +148,11 @@ def test_connections_over_the_cap_get_a_clean_503(project: Path) -> None:
         while httpx.get(f"{gw.url}/_flux/health").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_long_unknown_path_is_not_echoed_whole(gateway: tuple[str, str]) -> None:
+    url, key = gateway
+    answer = httpx.get(f"{url}/{'a' * 10_000}", headers=bearer(key))
+    assert answer.status_code == 404
+    assert len(answer.json()["message"]) < 400
+    assert "(10001 characters)" in answer.json()["message"]

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import flux, serve, write_function
+from tests.conftest import LOOPS, flux, serve, write_function
 
 pytestmark = pytest.mark.e2e
 
@@ -100,13 +100,16 @@ ALSO_ALLOWED = {
 STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, str]]:
+@pytest.fixture(scope="module", params=LOOPS)
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int, str]]:
+    """One gateway per event loop (`flux serve --loop trio|asyncio`) for the whole module."""
     project = tmp_path_factory.mktemp("malformed") / "proj"
     (project / "functions").mkdir(parents=True)
     write_function(project, "f", "def handler(request, ctx):\n    return 'ok'\n", route="/f")
     flux(project, "deploy")
-    with serve(project) as gw:
+    with serve(project, loop=request.param) as gw:
         parts = urlsplit(gw.url)
         assert parts.hostname and parts.port
         yield parts.hostname, parts.port, gw.url
