@@ -34,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _log_arguments(dev, dev=True)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    _log_arguments(serve, dev=False)
     _pool_arguments(serve)
 
     routes = commands.add_parser("routes", help="show the routing table")
@@ -81,7 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
+
+    from .logs import add_arguments as logs_arguments
+
+    logs_arguments(commands.add_parser("logs", help="recent requests and their output"))
     return parser
+
+
+def _log_arguments(parser: argparse.ArgumentParser, *, dev: bool) -> None:
+    """The request log (docs/logs.md): always on in `flux dev`, opt-in in `flux serve`."""
+    if not dev:
+        parser.add_argument(
+            "--log-requests", action="store_true", help="print a line per request (stdout)"
+        )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="request lines as text (default) or one JSON object per line"
+        + ("" if dev else " (implies --log-requests)"),
+    )
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "logs": commands.logs,
     }[args.command]
     return handler(project_dir, args)
 

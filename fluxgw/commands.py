@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import print_json, print_table, relative_time
+from .console import warn
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
@@ -62,7 +63,7 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
         for spec in deployment.functions:
             problem = runtime_problem(spec.runtime)
             if problem:
-                print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
+                warn(f"function {spec.name}: {problem}")
 
 
 def _deploy_and_print(state: StateDir) -> None:
@@ -97,13 +98,14 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        log_requests=args.log_requests or args.log_format is not None,
+        log_format=args.log_format or "text",
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
-        print(
-            "warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
-            "(the gateway picks it up without a restart)",
-            file=sys.stderr,
+        warn(
+            "nothing is deployed yet, every route answers 404: run 'flux deploy' "
+            "(the gateway picks it up without a restart)"
         )
     return run_server(config)
 
@@ -127,7 +129,12 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
 
     _deploy_and_print(StateDir(project_dir))
     config = ServerConfig(
-        project_dir=project_dir, host=args.host, port=args.port, dev=True, **pool_options(args)
+        project_dir=project_dir,
+        host=args.host,
+        port=args.port,
+        dev=True,
+        log_format=args.log_format or "text",
+        **pool_options(args),
     )
     return run_server(config)
 
@@ -245,3 +252,9 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     else:
         print(render_trace(record))
     return 0
+
+
+def logs(project_dir: Path, args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(StateDir(project_dir), args)

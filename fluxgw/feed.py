@@ -22,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .runtime.api import FunctionFailed, InvocationResult, LogLine
+from .trace_render import format_time
+from .tracing import Span
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -71,7 +73,8 @@ class RequestEvent:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": self.kind,
-            "time": self.at,
+            "time": format_time(self.at),
+            "ts": self.at,
             "request_id": self.request_id,
             "method": self.method,
             "path": self.path,
@@ -110,7 +113,8 @@ class JobEvent:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": self.kind,
-            "time": self.at,
+            "time": format_time(self.at),
+            "ts": self.at,
             "request_id": self.request_id,
             "function": self.function,
             "event": self.event,
@@ -141,7 +145,7 @@ FeedItem = RequestEvent | JobEvent | Dropped
 
 
 def _log_json(line: LogLine) -> dict[str, Any]:
-    return {"time": line.timestamp, "stream": line.stream, "text": line.text}
+    return {"ts": line.timestamp, "stream": line.stream, "text": line.text}
 
 
 @attrs.define(eq=False)
@@ -216,12 +220,7 @@ def _offer(subscriber: _Subscriber, event: RequestEvent | JobEvent) -> None:
 # -- building events (pure) -------------------------------------------------------------------
 
 
-class _SpanLike(Protocol):
-    name: str
-    attributes: dict[str, Any]
-
-
-def worker_start(spans: Iterable[_SpanLike]) -> str | None:
+def worker_start(spans: Iterable[Span]) -> str | None:
     """``"cold"`` or ``"warm"`` from a request's runtime span, if a worker ran it."""
     for span in spans:
         if span.name == "runtime":
@@ -241,7 +240,7 @@ def request_event(
     function: str | None,
     principal: str | None,
     gateway_span: Mapping[str, Any],
-    spans: Iterable[_SpanLike] = (),
+    spans: Iterable[Span] = (),
     logs: Iterable[LogLine] = (),
     message: str | None = None,
 ) -> RequestEvent:

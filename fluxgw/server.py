@@ -15,7 +15,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from .console import configure_logging, say
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .state import StateDir
@@ -44,6 +44,8 @@ class ServerConfig:
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
+    log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
+    log_format: str = "text"  # or "json": one object per line (docs/logs.md)
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -97,24 +99,25 @@ async def _main(config: ServerConfig) -> None:
     await trio.to_thread.run_sync(gateway.load)
     tune_garbage_collector()
     shutdown = trio.Event()
+    logging_requests = config.dev or config.log_requests
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
-        print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
+        say(f"serving {config.project_dir} at {url}")
         if config.dev:
-            print(
-                f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
-                flush=True,
-            )
-            print(
-                f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
-                flush=True,
-            )
-            print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
+            say(f"watching {config.project_dir / 'functions'}: saved changes are redeployed")
+            say(f"get a key: flux --project {config.project_dir} api-keys create --name dev")
+            say(f"then: curl -H 'Authorization: Bearer KEY' {url}/ROUTE")
+        say("press Ctrl-C to stop" + ("; requests are logged below" if logging_requests else ""))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown)
+        if logging_requests:
+            from .requestlog import print_requests
+
+            await nursery.start(
+                functools.partial(print_requests, gateway.feed, log_format=config.log_format)
+            )
         if config.dev:
             from .devreload import watch_and_redeploy
 
@@ -135,11 +138,7 @@ async def _watch_signals(shutdown: trio.Event) -> None:
         async for signum in signals:
             if shutdown.is_set():
                 continue
-            print(
-                f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"stopping ({signal.Signals(signum).name}): finishing requests in flight")
             shutdown.set()
 
 
@@ -184,7 +183,7 @@ def single_gateway(state: StateDir) -> Iterator[None]:
 
 
 def run_server(config: ServerConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(json_requests=config.log_format == "json")
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:
@@ -194,5 +193,5 @@ def run_server(config: ServerConfig) -> int:
     if failure is not None:
         where = f"{config.host}:{config.port}"
         raise FluxError(f"cannot listen on {where}: {failure.strerror or failure}")
-    print("Stopped.", file=sys.stderr, flush=True)
+    say("stopped")
     return 0
