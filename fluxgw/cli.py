@@ -34,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _loop_argument(dev)
     _log_arguments(dev, dev=True)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
+    _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _log_arguments(serve, dev=False)
     _pool_arguments(serve)
@@ -88,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs_arguments(commands.add_parser("logs", help="recent requests and their output"))
     return parser
+
+
+def _loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
 
 
 def _log_arguments(parser: argparse.ArgumentParser, *, dev: bool) -> None:

@@ -100,6 +100,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         tracing=not args.no_tracing,
         log_requests=args.log_requests or args.log_format is not None,
         log_format=args.log_format or "text",
+        loop=args.loop,
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -134,6 +135,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         dev=True,
         log_format=args.log_format or "text",
+        loop=args.loop,
         **pool_options(args),
     )
     return run_server(config)
