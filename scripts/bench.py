@@ -7,7 +7,10 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile]
+Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile] [--only NAME[,NAME]]
+
+Sections (``--only`` runs just those and prints their figures; BENCHMARKS.md is written by a
+full run only): inproc, cold, devreload, http, termlog.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import devreload, inproc, profile, report, servers
+from benchlib import devreload, inproc, profile, report, servers, termlog
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -30,6 +33,7 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
+SECTIONS = ("inproc", "cold", "devreload", "http", "termlog")
 
 
 class Settings:
@@ -482,8 +486,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        metavar="NAME[,NAME]",
+        help=f"run only these sections ({', '.join(SECTIONS)}) and print their figures",
+    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
+    unknown = [name for name in args.only or () if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown section {unknown[0]!r} (sections: {', '.join(SECTIONS)})")
+    if args.only:
+        return run_only(Settings(args.quick), args.only)
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -535,7 +550,18 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.monotonic() - started
     results["load_after"] = os.getloadavg()[0]
 
+    log("termlog: flux serve with and without --log-requests")
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-termlog-"))
+    try:
+        results["termlog"] = termlog.measure(work, section_measure(s))
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
     rows, detail, notes = build(s, results)
+    rows.extend(termlog.rows(results["termlog"]))
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
@@ -546,6 +572,45 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
+    return 0
+
+
+def section_measure(s: Settings) -> termlog.Measure:
+    """``measure`` for a section module: (label, url, connections, key) -> WrkResult."""
+    return lambda label, url, connections, key: measure(label, url, s, connections, key)
+
+
+def run_only(s: Settings, names: list[str]) -> int:
+    """The named sections alone: their log lines, and the summary rows of those that have
+    standalone rows (the http section's ratios need the whole run's ceiling)."""
+    rows: list[list[str]] = []
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-only-"))
+    try:
+        for name in names:
+            log(f"section {name}")
+            if name == "inproc":
+                log(f"limiter: {inproc.limiter_decisions_per_second(s.decisions, keys=2_000)}")
+                log(f"keystore: {inproc.keystore_rss(s.keys)}")
+                log(f"routes: {inproc.route_lookup(lookups=100_000)}")
+            elif name == "cold":
+                for rt in RUNTIMES:
+                    if find_runtime(rt):
+                        log(f"{rt}: {inproc.cold_start_ms(rt, s.cold_runs)}")
+            elif name == "devreload":
+                log(f"devreload: {devreload.measure(5 if s.quick else 20)}")
+            elif name == "http":
+                available = [rt for rt in RUNTIMES if find_runtime(rt)]
+                (work / "http").mkdir()
+                http_benchmarks(s, work / "http", available, False)
+            elif name == "termlog":
+                rows.extend(termlog.rows(termlog.measure(work, section_measure(s))))
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if rows:
+        print(report.text_table(SUMMARY_HEADER, rows))
     return 0
 
 
