@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FLUX, flux, kill_group, serve, write_function
+from conftest import FLUX, SERVER_LOOPS, flux, kill_group, serve, write_function
 
 from fluxgw.runtime.discovery import find_runtime
 
@@ -141,17 +141,17 @@ def test_async_jobs_print_their_steps(project: Path) -> None:
         assert lines[lines.index(mine[2]) + 1] == "    marker-python"
 
 
-@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+@SERVER_LOOPS
 def test_serve_logs_requests_only_when_asked(project: Path, loop: str) -> None:
     write_function(project, "py", PY, route="/py", method="GET")
     flux(project, "deploy")
     key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
     auth = {"authorization": f"Bearer {key}"}
-    with serve(project, "--loop", loop) as quiet:
+    with serve(project, loop=loop) as quiet:
         short = rid(httpx.get(f"{quiet.url}/py", headers=auth))
         wait_until(lambda: short in flux(project, "logs").stdout, 5, "the trace")
         assert request_lines(quiet.output) == []
-    with serve(project, "--log-requests", "--loop", loop) as loud:
+    with serve(project, "--log-requests", loop=loop) as loud:
         short = rid(httpx.get(f"{loud.url}/py", headers=auth))
         wait_until(lambda: short in "".join(loud.output), 5, "the request line")
         assert block_of(request_lines(loud.output), short)[1:] == ["    marker-python"]
