@@ -179,7 +179,8 @@ def _request(event: RequestEvent, style: Style) -> list[str]:
 
 
 def _job(event: JobEvent, style: Style) -> list[str]:
-    attempt = f"attempt {event.attempt}/{event.max_attempts}"
+    # max_attempts is 0 when `flux logs` missed the step that said which attempt this was
+    attempt = f"attempt {event.attempt}/{event.max_attempts}" if event.max_attempts else "job"
     if event.event == "running":
         what, color = f"{attempt} started", _DIM
     elif event.event == "succeeded":

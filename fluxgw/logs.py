@@ -142,6 +142,9 @@ class LogReader:
         self.where = where
         self.last_row = 0
         self.last_event = 0
+        # request id -> (attempt, max_attempts) of its last job event: a success records no
+        # queue span, so its attempt is the one its "running" event announced.
+        self.attempts: dict[str, tuple[int, int]] = {}
 
     def recent(self, limit: int | None) -> list[FeedItem]:
         """The last ``limit`` matching requests (all since ``where.since`` when None), oldest
@@ -164,7 +167,8 @@ class LogReader:
                 marks = ", ".join("?" * len(chunk))
                 events = self.conn.execute(
                     f"SELECT {_EVENT_COLUMNS} FROM trace_events e LEFT JOIN traces t "
-                    f"USING (request_id) WHERE e.request_id IN ({marks}) AND e.id <= ?",
+                    f"USING (request_id) WHERE e.request_id IN ({marks}) AND e.id <= ? "
+                    "ORDER BY e.id",
                     [*chunk, top_event],
                 ).fetchall()
                 timeline.extend((job.at, job) for job in self._jobs(events))
@@ -192,8 +196,19 @@ class LogReader:
         return [*(_request(row) for row in rows), *self._jobs(events)]
 
     def _jobs(self, rows: Iterable[Sequence[Any]]) -> list[JobEvent]:
-        jobs = (_job(row) for row in rows)
-        return [job for job in jobs if job is not None and self.where.wants_status(job.status)]
+        jobs = []
+        for row in rows:
+            job = _job(row)
+            if job is None:
+                continue
+            if job.max_attempts:
+                self.attempts[job.request_id] = (job.attempt, job.max_attempts)
+            elif job.request_id in self.attempts:
+                attempt, most = self.attempts[job.request_id]
+                job = attrs.evolve(job, attempt=attempt, max_attempts=most)
+            if self.where.wants_status(job.status):
+                jobs.append(job)
+        return jobs
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[tuple[int, int]]:

@@ -139,6 +139,12 @@ def test_async_jobs_print_their_steps(project: Path) -> None:
         assert "job later  attempt 1/3 started" in mine[1]
         assert done in mine[2]
         assert lines[lines.index(mine[2]) + 1] == "    marker-python"
+    # the same steps from the trace store
+    wait_until(lambda: "succeeded" in flux(project, "logs").stdout, 5, "the stored job steps")
+    stored = [line for line in flux(project, "logs").stdout.splitlines() if short in line[:24]]
+    assert "POST /later  202 queued" in stored[0]
+    assert "job later  attempt 1/3 started" in stored[1]
+    assert "job later  attempt 1/3 succeeded: 200" in stored[2]
 
 
 @SERVER_LOOPS
