@@ -24,6 +24,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from .admin.handoff import withdraw_listener
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .state import StateDir
@@ -44,6 +45,8 @@ class ServerConfig:
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
+    dashboard: bool = True  # the admin listener (docs/dashboard.md)
+    dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -95,11 +98,18 @@ async def _main(config: ServerConfig) -> None:
         ),
     )
     await trio.to_thread.run_sync(gateway.load)
+    dashboard = None
+    if config.dashboard:
+        from .admin.serve import DashboardListener
+
+        dashboard = DashboardListener(gateway, state, config.dashboard_port)
     tune_garbage_collector()
     shutdown = trio.Event()
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
+        if dashboard is not None:
+            print(dashboard.startup_line(), flush=True)
         print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
         if config.dev:
             print(
@@ -119,6 +129,10 @@ async def _main(config: ServerConfig) -> None:
             from .devreload import watch_and_redeploy
 
             nursery.start_soon(watch_and_redeploy, state, gateway, shutdown)
+        if dashboard is not None:
+            await nursery.start(dashboard.run, shutdown.wait)
+        else:
+            await trio.to_thread.run_sync(withdraw_listener, state)
         await serve_gateway(
             gateway,
             config.host,

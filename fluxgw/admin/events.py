@@ -1,0 +1,154 @@
+"""The dashboard's server-sent event stream, fed from the gateway's request feed
+(fluxgw.feed): requests as they are answered, async-job steps, a metrics point per second.
+
+A stream drains its feed subscription on a fixed tick (:data:`TICK`) instead of waking per
+request, so an open dashboard costs the gateway a few wake-ups a second whatever its load,
+and a new request still reaches the browser well within a second. With no dashboard open
+nobody subscribes, and the gateway builds no feed events at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+
+from ..httpio import Receive, Send
+
+if TYPE_CHECKING:
+    from .app import AdminApp
+    from .security import Session
+
+TICK = 0.25  # s between drains of the feed: the tail's worst-case delay
+MAX_PER_TICK = 400  # past this a tick sends a count of skipped rows, not the rows
+FEED_BUFFER = 2000  # per subscriber; the feed drops the oldest past it
+
+
+def request_row(event: Any) -> dict[str, Any]:
+    """The JSON a browser gets for one answered request (the key's name, never the key)."""
+    return {
+        "request_id": event.request_id,
+        "time": event.at,
+        "method": event.method,
+        "path": event.path,
+        "status": event.status,
+        "duration_ms": round(event.duration_ms, 3),
+        "function": event.function,
+        "key": event.principal,
+        "error": event.error,
+    }
+
+
+def _drain(stream: Any, limit: int) -> tuple[list[Any], list[Any], int]:
+    """What the subscription holds now: up to ``limit`` request events, the job events, and
+    how many requests were left out (here, or by the feed for a slow reader)."""
+    requests: list[Any] = []
+    jobs: list[Any] = []
+    skipped = 0
+    while True:
+        try:
+            item = stream.receive_nowait()
+        except anyio.WouldBlock:
+            return requests, jobs, skipped
+        if item.kind == "request":
+            if len(requests) < limit:
+                requests.append(item)
+            else:
+                skipped += 1
+        elif item.kind == "job":
+            jobs.append(item)
+        else:  # the feed's Dropped notice
+            skipped += item.count
+
+
+class Filter:
+    """The requests page's filters: status (``2xx``.. or a code), function, key name;
+    ``requests=off`` for a page that only wants metrics or job steps."""
+
+    def __init__(self, query: Mapping[str, list[str]]) -> None:
+        self.status = (query.get("status") or [""])[0].strip().lower()
+        self.function = (query.get("function") or [""])[0].strip()
+        self.key = (query.get("key") or [""])[0].strip()
+        self.off = (query.get("requests") or [""])[0] == "off"  # charts or jobs only
+
+    def __call__(self, row: Mapping[str, Any]) -> bool:
+        if self.off:
+            return False
+        if self.function and row.get("function") != self.function:
+            return False
+        if self.key and row.get("key") != self.key:
+            return False
+        if self.status:
+            status = str(row.get("status"))
+            if self.status.endswith("xx"):
+                return status[:1] == self.status[:1]
+            return status == self.status
+        return True
+
+
+def _event(name: str, data: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def stream_events(
+    app: AdminApp,
+    session: Session,
+    query: Mapping[str, list[str]],
+    receive: Receive,
+    send: Send,
+    security_headers: list[tuple[str, str]],
+) -> None:
+    """``text/event-stream`` until the browser leaves, the session ends or the gateway stops.
+
+    Events: ``request`` (a list of rows, filtered as the query asks), ``job`` (async-job
+    steps), ``skipped`` (rows not sent: a tick had too many, or the reader fell behind),
+    ``metrics`` (the last complete second and the 15-minute totals).
+    """
+    keep = Filter(query)
+    series = app.gateway.metrics.series
+    headers = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        *((n.encode(), v.encode()) for n, v in security_headers),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+
+    async with anyio.create_task_group() as group:
+
+        async def until_gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        async def until_closing() -> None:
+            await app.closing.wait()
+            group.cancel_scope.cancel()
+
+        group.start_soon(until_gone)
+        group.start_soon(until_closing)
+        async with app.gateway.feed.subscribe(max_buffer=FEED_BUFFER) as events:
+            ticks = 0
+            while app.sessions.alive(session):
+                await anyio.sleep(TICK)
+                ticks += 1
+                taken, jobs, skipped = _drain(events, MAX_PER_TICK)
+                rows = [row for row in map(request_row, taken) if keep(row)]
+                chunk = b""
+                if rows:
+                    chunk += _event("request", rows)
+                if jobs:
+                    chunk += _event("job", [job.to_json() for job in jobs])
+                if skipped:
+                    chunk += _event("skipped", {"count": skipped})
+                if ticks % round(1 / TICK) == 0:
+                    points = series.points(1)
+                    chunk += _event("metrics", {"point": points[-1], "totals": series.totals()})
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        group.cancel_scope.cancel()
+    # The stream ends cleanly when the session expired or the gateway stops.
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
