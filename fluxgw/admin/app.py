@@ -23,7 +23,7 @@ import orjson
 from ..httpio import Receive, Send, decode_headers, read_body
 from ..state import StateDir, fingerprint
 from . import api, handoff
-from .events import stream_events
+from .events import LiveTail, stream_events
 from .security import (
     COOKIE,
     SECURITY_HEADERS,
@@ -81,6 +81,7 @@ class AdminApp:
         self.cookie = COOKIE
         self.url = ""
         self.closing = anyio.Event()
+        self.tail = LiveTail(gateway.feed, gateway.metrics.series)
         self._static = _load_static()
 
     def bind(self, host: str, port: int) -> str:
@@ -98,10 +99,15 @@ class AdminApp:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Watch for the login tokens `flux dashboard` mints."""
+        """The live tail, and a watch for the login tokens `flux dashboard` mints."""
+        async with anyio.create_task_group() as group:
+            await group.start(self.tail.run)
+            task_status.started()
+            await self._watch_logins()
+
+    async def _watch_logins(self) -> None:
         path = self.state.root / handoff.LOGINS
         seen = fingerprint(path)
-        task_status.started()
         while True:
             await anyio.sleep(WATCH_INTERVAL)
             mark = fingerprint(path)

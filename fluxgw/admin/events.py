@@ -1,20 +1,24 @@
 """The dashboard's server-sent event stream, fed from the gateway's request feed
 (fluxgw.feed): requests as they are answered, async-job steps, a metrics point per second.
 
-A stream drains its feed subscription on a fixed tick (:data:`TICK`) instead of waking per
-request, so an open dashboard costs the gateway a few wake-ups a second whatever its load,
-and a new request still reaches the browser well within a second. With no dashboard open
-nobody subscribes, and the gateway builds no feed events at all.
+One :class:`LiveTail` drains a single feed subscription on a fixed tick (:data:`TICK`)
+instead of waking per request, and shares each tick's rows with every open stream: open
+dashboards cost the gateway a few wake-ups a second whatever its load, and a new request
+still reaches the browser well within a second. With no dashboard open nobody subscribes,
+and the gateway builds no feed events at all.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
+import attrs
 import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..httpio import Receive, Send
 
@@ -24,7 +28,8 @@ if TYPE_CHECKING:
 
 TICK = 0.25  # s between drains of the feed: the tail's worst-case delay
 MAX_PER_TICK = 400  # past this a tick sends a count of skipped rows, not the rows
-FEED_BUFFER = 2000  # per subscriber; the feed drops the oldest past it
+FEED_BUFFER = 2000  # the tail's subscription; the feed drops the oldest past it
+STREAM_BATCHES = 8  # ticks an event stream may lag before it loses one
 
 
 def request_row(event: Any) -> dict[str, Any]:
@@ -73,6 +78,7 @@ class Filter:
         self.function = (query.get("function") or [""])[0].strip()
         self.key = (query.get("key") or [""])[0].strip()
         self.off = (query.get("requests") or [""])[0] == "off"  # charts or jobs only
+        self.cache_key = (self.status, self.function, self.key, str(self.off))
 
     def __call__(self, row: Mapping[str, Any]) -> bool:
         if self.off:
@@ -93,6 +99,89 @@ def _event(name: str, data: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+@attrs.define
+class Batch:
+    """What one tick brings every open stream; each filter's encoding is made once."""
+
+    rows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+    skipped: int
+    metrics: dict[str, Any] | None
+    _encoded: dict[tuple[str, ...], bytes] = attrs.Factory(dict)
+
+    def encode(self, keep: Filter) -> bytes:
+        cached = self._encoded.get(keep.cache_key)
+        if cached is not None:
+            return cached
+        chunk = b""
+        rows = [row for row in self.rows if keep(row)]
+        if rows:
+            chunk += _event("request", rows)
+        if self.jobs:
+            chunk += _event("job", self.jobs)
+        if self.skipped and not keep.off:
+            chunk += _event("skipped", {"count": self.skipped})
+        if self.metrics is not None:
+            chunk += _event("metrics", self.metrics)
+        self._encoded[keep.cache_key] = chunk
+        return chunk
+
+
+class LiveTail:
+    """One feed subscription shared by every open event stream.
+
+    While at least one stream is open it drains the feed every :data:`TICK`, turns the
+    events into rows once, and hands the same :class:`Batch` to each stream: ten open
+    dashboards cost the gateway what one does (one subscriber on the feed).
+    """
+
+    def __init__(self, feed: Any, series: Any) -> None:
+        self._feed = feed
+        self._series = series
+        self._streams: list[MemoryObjectSendStream[Batch]] = []
+        self._someone = anyio.Event()
+
+    @contextlib.asynccontextmanager
+    async def listen(self) -> AsyncIterator[MemoryObjectReceiveStream[Batch]]:
+        send, receive = anyio.create_memory_object_stream[Batch](STREAM_BATCHES)
+        self._streams.append(send)
+        self._someone.set()
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._streams.remove(send)
+            send.close()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            if not self._streams:
+                self._someone = anyio.Event()
+                await self._someone.wait()
+            async with self._feed.subscribe(max_buffer=FEED_BUFFER) as events:
+                ticks = 0
+                while self._streams:
+                    await anyio.sleep(TICK)
+                    ticks += 1
+                    requests, jobs, skipped = _drain(events, MAX_PER_TICK)
+                    metrics = None
+                    if ticks % round(1 / TICK) == 0:
+                        point = self._series.points(1)[-1]
+                        metrics = {"point": point, "totals": self._series.totals()}
+                    batch = Batch(
+                        [request_row(e) for e in requests],
+                        [job.to_json() for job in jobs],
+                        skipped,
+                        metrics,
+                    )
+                    for stream in list(self._streams):
+                        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                            stream.send_nowait(batch)  # a stream that lags loses a tick
+
+
 async def stream_events(
     app: AdminApp,
     session: Session,
@@ -108,7 +197,6 @@ async def stream_events(
     ``metrics`` (the last complete second and the 15-minute totals).
     """
     keep = Filter(query)
-    series = app.gateway.metrics.series
     headers = [
         (b"content-type", b"text/event-stream; charset=utf-8"),
         *((n.encode(), v.encode()) for n, v in security_headers),
@@ -129,23 +217,11 @@ async def stream_events(
 
         group.start_soon(until_gone)
         group.start_soon(until_closing)
-        async with app.gateway.feed.subscribe(max_buffer=FEED_BUFFER) as events:
-            ticks = 0
-            while app.sessions.alive(session):
-                await anyio.sleep(TICK)
-                ticks += 1
-                taken, jobs, skipped = _drain(events, MAX_PER_TICK)
-                rows = [row for row in map(request_row, taken) if keep(row)]
-                chunk = b""
-                if rows:
-                    chunk += _event("request", rows)
-                if jobs:
-                    chunk += _event("job", [job.to_json() for job in jobs])
-                if skipped:
-                    chunk += _event("skipped", {"count": skipped})
-                if ticks % round(1 / TICK) == 0:
-                    points = series.points(1)
-                    chunk += _event("metrics", {"point": points[-1], "totals": series.totals()})
+        async with app.tail.listen() as batches:
+            async for batch in batches:
+                if not app.sessions.alive(session):
+                    break
+                chunk = batch.encode(keep)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         group.cancel_scope.cancel()
