@@ -34,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _loop_argument(dev)
     _dashboard_arguments(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
+    _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _dashboard_arguments(serve)
     _pool_arguments(serve)
@@ -106,6 +108,15 @@ def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
         help="dashboard port on 127.0.0.1 (default 4001; a free one if 4001 is taken)",
     )
     parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+
+
+def _loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:

@@ -97,6 +97,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        loop=args.loop,
         **dashboard_options(args),
         **pool_options(args),
     )
@@ -149,6 +150,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        loop=args.loop,
         **dashboard_options(args),
         **pool_options(args),
     )

@@ -4,7 +4,7 @@ Each step asks a pure module for a decision (keys, ratelimit, routing, cors) and
 the request or passes it on, like Envoy's filter chain. CORS headers and ``x-request-id`` are
 added in :meth:`Gateway._finish`, which every answer goes through, errors and preflights
 included. Background work (live reload, workers, trace writer, queue, state saving) runs in
-:meth:`Gateway.run`, which the server (or the test harness) starts in its own nursery.
+:meth:`Gateway.run`, which the server (or the test harness) starts in its own task group.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.abc
 import attrs
 import orjson
-import trio
 
 from . import cors, keys
 from .dispatch import build_invocation, function_headers
@@ -132,41 +133,47 @@ class Gateway:
     def _install(self, live: LiveState) -> None:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
-        Runs on the event loop (the pool's bookkeeping uses trio primitives)."""
+        Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
         self._live = live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.prewarm)
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """All background work; cancel it to stop (saves state, stops workers)."""
         if self._live is None:
-            await trio.to_thread.run_sync(self.load)
+            await anyio.to_thread.run_sync(self.load)
         assert self._live is not None
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.pool.run)
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(self.pool.run)
                 self._install(self._live)
-                await nursery.start(self.traces.run)
-                await nursery.start(self._reload_loop)
-                await nursery.start(self._save_loop)
-                await nursery.start(self._run_queue)
+                await tasks.start(self.traces.run)
+                await tasks.start(self._reload_loop)
+                await tasks.start(self._save_loop)
+                await tasks.start(self._run_queue)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
 
-    async def _run_queue(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_queue(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self.queue.run_dispatcher(
             self._invoke_queued, on_event=self._on_queue_event, task_status=task_status
         )
 
-    async def _reload_loop(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _reload_loop(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
-            await trio.sleep(RELOAD_INTERVAL)
+            await anyio.sleep(RELOAD_INTERVAL)
             if not self.loader.changed():
                 continue
             try:
@@ -178,14 +185,16 @@ class Gateway:
 
     async def reload_now(self) -> None:
         """Pick up .flux/ changes at once (used by `flux dev` and the test harness)."""
-        self._install(await trio.to_thread.run_sync(self.loader.load))
+        self._install(await anyio.to_thread.run_sync(self.loader.load))
 
-    async def _save_loop(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _save_loop(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
-            await trio.sleep(SAVE_INTERVAL)
+            await anyio.sleep(SAVE_INTERVAL)
             if self._dirty:
-                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
+                await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
 
     def state_snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         """Limiter buckets and key last-used times, copied on the event loop: iterating them
@@ -311,9 +320,9 @@ class Gateway:
 
         # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
         # 6. dispatch
-        # The body must arrive within the function's timeout: under trio, hypercorn does not
+        # The body must arrive within the function's timeout: hypercorn does not
         # report a client that stalls or goes away, so an unbounded read would hang forever.
-        with trio.move_on_after(spec.timeout) as reading:
+        with anyio.move_on_after(spec.timeout) as reading:
             body = await read_body(
                 receive,
                 ex.headers.get("content-length"),
@@ -394,7 +403,7 @@ class Gateway:
         prefix = "/_flux/invocations/"
         if ex.path.startswith(prefix):
             request_id = ex.path[len(prefix) :]
-            job = await trio.to_thread.run_sync(self.queue.get, request_id)
+            job = await anyio.to_thread.run_sync(self.queue.get, request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return 200, [JSON], orjson.dumps(job_to_json(job))

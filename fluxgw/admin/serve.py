@@ -4,7 +4,7 @@ The socket is bound up front (default 127.0.0.1:4001), so a busy port is known a
 the login URL names the real port. The default port falls back to a free one when taken
 (another gateway's dashboard, say); a port given with ``--dashboard-port`` must be free.
 hypercorn then serves :class:`~fluxgw.admin.app.AdminApp` on that socket with the worker of
-whichever event loop runs (trio or asyncio), next to the gateway's own hypercorn.
+whichever event loop runs (trio or asyncio, as the gateway's own hypercorn next to it).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
-import sniffio
 from hypercorn.config import Config
 
 from ..errors import FluxError
+from ..server import listen_socket, run_hypercorn
 from ..state import StateDir
 from . import handoff
 from .app import AdminApp
@@ -34,15 +34,7 @@ DEFAULT_PORT = 4001
 
 
 def _bind(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return listen_socket(HOST, port)
 
 
 class DashboardListener:
@@ -92,11 +84,7 @@ class DashboardListener:
             async with anyio.create_task_group() as group:
                 await group.start(self.app.run)
                 task_status.started()
-                if sniffio.current_async_library() == "trio":
-                    from hypercorn.trio import serve
-                else:
-                    from hypercorn.asyncio import serve  # type: ignore[assignment]
-                await serve(self.app, config, shutdown_trigger=stop)  # type: ignore[arg-type]
+                await run_hypercorn(self.app, config, stop)
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):

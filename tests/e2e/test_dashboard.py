@@ -380,3 +380,24 @@ def test_no_dashboard(shop: Path) -> None:
         error = flux(shop, "dashboard", check=False)
         assert error.returncode == 1
         assert "--no-dashboard" in error.stderr and "Traceback" not in error.stderr
+
+
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+def test_live_tail_on_either_event_loop(shop: Path, loop: str) -> None:
+    key = flux(shop, "api-keys", "create", "--name", "k").stdout.strip()
+    with serve(shop, "--loop", loop) as gw, httpx.Client(timeout=10) as client:
+        url = login_url(gw)
+        base = origin_of(url)
+        assert client.get(url).status_code == 303
+        with client.stream("GET", f"{base}/api/events?function=echo") as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            answer = client.get(f"{gw.url}/echo", headers=bearer(key))
+            called = time.monotonic()
+            request_id = answer.headers["x-request-id"]
+            for line in events.iter_lines():
+                if line.startswith("data:") and request_id in line:
+                    break
+            assert time.monotonic() - called < 1.0
+            row = next(r for r in json.loads(line[5:]) if r["request_id"] == request_id)
+            assert row["status"] == 200 and row["function"] == "echo" and row["key"] == "k"
+            assert key not in line
