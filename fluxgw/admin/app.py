@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import anyio
 import orjson
 
-from ..httpio import Receive, Send, decode_headers, read_body
+from ..httpio import Receive, Send, answer_lifespan, decode_headers, read_body
 from ..state import StateDir, fingerprint
 from . import api, handoff
 from .events import LiveTail, stream_events
@@ -129,13 +129,8 @@ class AdminApp:
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         try:

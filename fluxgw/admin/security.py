@@ -154,6 +154,17 @@ def cookie_value(cookie_header: str | None, name: str = COOKIE) -> str | None:
     return None
 
 
+def without_session_cookies(cookie_header: str) -> str:
+    """A ``Cookie`` header without the dashboard's session cookies. Cookies ignore ports, so
+    a browser sends them to the gateway's port too: they must never reach a function (its
+    code could replay them against the dashboard)."""
+    return "; ".join(
+        part
+        for part in (p.strip() for p in cookie_header.split(";"))
+        if part and not part.startswith(COOKIE + "_")
+    )
+
+
 def session_cookie(value: str, ttl_s: float, name: str = COOKIE) -> str:
     return f"{name}={value}; Path=/; Max-Age={int(ttl_s)}; HttpOnly; SameSite=Strict"
 

@@ -12,19 +12,13 @@ from fluxgw.admin.security import (
     origin_ok,
     session_cookie,
     token_hash,
+    without_session_cookies,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from fluxgw.testing import FakeClock
 
 
 def test_login_tokens_work_once_and_expire() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     tokens = LoginTokens(clock)
     first = tokens.issue(ttl_s=60)
     assert tokens.redeem(first) is True
@@ -36,7 +30,7 @@ def test_login_tokens_work_once_and_expire() -> None:
 
 
 def test_tokens_minted_by_the_cli_are_known_by_hash_only() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     tokens = LoginTokens(clock)
     tokens.add(token_hash("from-cli"), clock.now + 10)
     assert tokens.redeem("from-cli") is True
@@ -45,7 +39,7 @@ def test_tokens_minted_by_the_cli_are_known_by_hash_only() -> None:
 
 
 def test_sessions_expire() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     sessions = Sessions(clock, ttl_s=100)
     cookie, session = sessions.create()
     assert session.id_hash != cookie and cookie not in session.id_hash
@@ -69,7 +63,7 @@ def test_host_origin_and_csrf_checks() -> None:
     assert not origin_ok("http://127.0.0.1:5000", "127.0.0.1:4001")
     assert not origin_ok("null", "127.0.0.1:4001")
     assert not origin_ok(None, "127.0.0.1:4001")
-    _, session = Sessions(Clock()).create()
+    _, session = Sessions(FakeClock(1_000_000.0)).create()
     assert csrf_ok(session.csrf, session)
     assert not csrf_ok("x" + session.csrf[1:], session) and not csrf_ok(None, session)
 
@@ -79,3 +73,27 @@ def test_cookie() -> None:
     assert "HttpOnly" in header and "SameSite=Strict" in header and "Max-Age=3600" in header
     assert cookie_value("a=1; flux_dashboard_4001=abc; b=2", "flux_dashboard_4001") == "abc"
     assert cookie_value("flux_dashboard_4002=abc", "flux_dashboard_4001") is None
+
+
+def test_the_session_cookie_never_reaches_a_function(tmp_path) -> None:
+    from fluxgw.dispatch import build_invocation
+    from fluxgw.project import FunctionSpec
+
+    spec = FunctionSpec("f", "python", "/f", "GET", tmp_path, "main.py")
+
+    def cookies(header: str) -> list[str]:
+        invocation = build_invocation(
+            request_id="r",
+            method="GET",
+            path="/f",
+            headers={"host": "127.0.0.1:4000", "cookie": header},
+            scope={},
+            spec=spec,
+            body=b"",
+        )
+        return [v for n, v in invocation.headers if n == "cookie"]
+
+    assert cookies("theme=dark; flux_dashboard_4001=secret; lang=en") == ["theme=dark; lang=en"]
+    assert cookies("flux_dashboard_4001=secret") == []
+    assert cookies("theme=dark") == ["theme=dark"]
+    assert without_session_cookies("flux_dashboard_5000=x;a=b") == "a=b"

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from fluxgw.testing import FakeClock
 from fluxgw.timeseries import RequestSeries
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_counts_by_second_and_status_class() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     series = RequestSeries(window_s=60, clock=clock)
     for status in (200, 201, 404, 429, 500, 302):
         series.observe(status, 0.002)
@@ -35,7 +28,7 @@ def test_counts_by_second_and_status_class() -> None:
 
 
 def test_latency_percentiles_are_within_a_bucket() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     series = RequestSeries(window_s=60, clock=clock)
     for ms in range(1, 101):  # 1..100 ms
         series.observe(200, ms / 1000)
@@ -46,7 +39,7 @@ def test_latency_percentiles_are_within_a_bucket() -> None:
 
 
 def test_old_seconds_leave_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     series = RequestSeries(window_s=60, clock=clock)
     series.observe(200, 0.001)
     clock.now += 30

@@ -340,24 +340,28 @@ async function jobs(main) {
       h("td", { class: "num", text: `${j.attempts} / ${j.max_attempts}` }),
       h("td", { class: "error", text: j.error || "" }),
       h("td", { text: ago(j.updated_at) }))), "No async jobs yet."));
+  const states = { running: "running", retry: "queued", succeeded: "succeeded", failed: "failed" };
+  let early = []; // steps that arrive while the list loads: applied on top of it
+  const apply = (steps) => {
+    for (const step of steps) {
+      let row = rows.find((j) => j.request_id === step.request_id);
+      if (!row) {
+        row = { request_id: step.request_id, function: step.function, max_attempts: step.max_attempts, error: null };
+        rows.unshift(row);
+      }
+      Object.assign(row, { state: states[step.event] || step.event, attempts: step.attempt, updated_at: step.time });
+      if (step.error) row.error = step.error;
+    }
+    render();
+  };
+  // The stream opens first, so no step falls between the list and the stream.
+  const source = events("requests=off", { job: (steps) => (early ? early.push(...steps) : apply(steps)) });
   const load = async () => { rows = await api("GET", "jobs"); render(); };
   refresh.addEventListener("click", load);
   await load();
-  const states = { running: "running", retry: "queued", succeeded: "succeeded", failed: "failed" };
-  const source = events("requests=off", {
-    job: (steps) => {
-      for (const step of steps) {
-        let row = rows.find((j) => j.request_id === step.request_id);
-        if (!row) {
-          row = { request_id: step.request_id, function: step.function, max_attempts: step.max_attempts, error: null };
-          rows.unshift(row);
-        }
-        Object.assign(row, { state: states[step.event] || step.event, attempts: step.attempt, updated_at: step.time });
-        if (step.error) row.error = step.error;
-      }
-      render();
-    },
-  });
+  const waiting = early;
+  early = null;
+  apply(waiting);
   return () => source.close();
 }
 
