@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .security import Session
 
 TICK = 0.25  # s between drains of the feed: the tail's worst-case delay
-MAX_PER_TICK = 400  # past this a tick sends a count of skipped rows, not the rows
+MAX_PER_TICK = 1000  # rows the tail builds per tick; past it only a count
+STREAM_ROWS = 50  # rows a stream sends per tick (200/s, more than a reader can follow)
 FEED_BUFFER = 2000  # the tail's subscription; the feed drops the oldest past it
 STREAM_BATCHES = 8  # ticks an event stream may lag before it loses one
 
@@ -115,12 +116,13 @@ class Batch:
             return cached
         chunk = b""
         rows = [row for row in self.rows if keep(row)]
+        skipped = self.skipped + max(0, len(rows) - STREAM_ROWS)
         if rows:
-            chunk += _event("request", rows)
+            chunk += _event("request", rows[-STREAM_ROWS:])
         if self.jobs:
             chunk += _event("job", self.jobs)
-        if self.skipped and not keep.off:
-            chunk += _event("skipped", {"count": self.skipped})
+        if skipped and not keep.off:
+            chunk += _event("skipped", {"count": skipped})
         if self.metrics is not None:
             chunk += _event("metrics", self.metrics)
         self._encoded[keep.cache_key] = chunk

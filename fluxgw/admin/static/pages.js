@@ -111,13 +111,17 @@ async function requests(main) {
   add(initial.filter((r) => keep(r, f0)).reverse());
 
   let source = null;
+  let notShown = 0;
   const connect = () => {
     if (source) source.close();
     const f = filter();
     const query = new URLSearchParams(Object.entries(f).filter(([, v]) => v)).toString();
     source = events(query, {
       request: (rows) => add(rows),
-      skipped: ({ count }) => announce(`${count} requests not shown (too many at once)`),
+      skipped: ({ count }) => {
+        notShown += count;
+        live.textContent = `● live (${notShown.toLocaleString()} too many to show)`;
+      },
     });
     source.onopen = () => { live.textContent = "● live"; live.classList.add("on"); };
     source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
