@@ -143,6 +143,11 @@ class LiveTail:
         self._streams: list[MemoryObjectSendStream[Batch]] = []
         self._someone = anyio.Event()
 
+    @property
+    def listening(self) -> int:
+        """How many event streams are open."""
+        return len(self._streams)
+
     @contextlib.asynccontextmanager
     async def listen(self) -> AsyncIterator[MemoryObjectReceiveStream[Batch]]:
         send, receive = anyio.create_memory_object_stream[Batch](STREAM_BATCHES)

@@ -154,8 +154,15 @@ def test_dashboard_in_a_browser(shop: Path, gateway: RunningGateway, browser) ->
 
         # An async job shows on the jobs page; the functions page lists the deployment.
         unscoped = flux(shop, "api-keys", "create", "--name", "jobs").stdout.strip()
-        queued = client.post("/later", headers=bearer(unscoped))
-        assert queued.status_code == 202
+        # The gateway picks a CLI-made key up within a second.
+        queued = poll_until(
+            lambda: (
+                (answer := client.post("/later", headers=bearer(unscoped))).status_code != 401
+                and answer
+            ),
+            timeout=1.5,
+        )
+        assert queued and queued.status_code == 202
         page.get_by_role("link", name="Async jobs").click()
         job = page.get_by_role("row", name=re.compile(queued.json()["request_id"][:12]))
         expect(job).to_contain_text("succeeded", timeout=10_000)
