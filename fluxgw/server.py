@@ -86,11 +86,11 @@ async def run_hypercorn(app: Any, config: Config, shutdown: Callable[[], Awaitab
     if sniffio.current_async_library() == "trio":
         from hypercorn.trio import serve as trio_serve
 
-        await trio_serve(app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await trio_serve(app, config, shutdown_trigger=shutdown)
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await asyncio_serve(app, config, shutdown_trigger=shutdown)
 
 
 async def serve_gateway(
