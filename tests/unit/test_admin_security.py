@@ -90,6 +90,7 @@ def test_the_session_cookie_never_reaches_a_function(tmp_path) -> None:
             scope={},
             spec=spec,
             body=b"",
+            now=1_000.0,
         )
         return [v for n, v in invocation.headers if n == "cookie"]
 
