@@ -7,10 +7,12 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile] [--only NAME[,NAME]]
+Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
+and without --log-requests). `--only NAME[,NAME]` runs
+just those; without `core` the rows are printed (and written to --out only when it is given).
 
-Sections (``--only`` runs just those and prints their figures; BENCHMARKS.md is written by a
-full run only): inproc, cold, devreload, http, termlog.
+Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import devreload, inproc, profile, report, servers, termlog
+from benchlib import dashboard, devreload, inproc, profile, report, servers, termlog
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -33,7 +35,8 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
-SECTIONS = ("inproc", "cold", "devreload", "http", "termlog")
+# Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
+SECTIONS = {"dashboard": dashboard.measure, "termlog": termlog.measure}
 
 
 class Settings:
@@ -482,23 +485,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections: core, {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
-    parser.add_argument(
-        "--only",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
-        metavar="NAME[,NAME]",
-        help=f"run only these sections ({', '.join(SECTIONS)}) and print their figures",
-    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
-    unknown = [name for name in args.only or () if name not in SECTIONS]
+    only = set(args.only.split(",")) if args.only else {"core", *SECTIONS}
+    unknown = only - {"core", *SECTIONS}
     if unknown:
-        parser.error(f"--only: unknown section {unknown[0]!r} (sections: {', '.join(SECTIONS)})")
-    if args.only:
-        return run_only(Settings(args.quick), args.only)
+        parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -506,6 +507,23 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log(str(exc))
         return 2
+    extra_rows: list[list[str]] = []
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
+    try:
+        for name, section in SECTIONS.items():
+            if name in only:
+                log(f"section {name}")
+                extra_rows += section(s, work / name, log)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "core" not in only:
+        print(report.text_table(SUMMARY_HEADER, extra_rows))
+        if "--out" in raw_argv or any(a.startswith("--out=") for a in raw_argv):
+            args.out.write_text(report.md_table(SUMMARY_HEADER, extra_rows) + "\n")
+        return 0
     available = [rt for rt in RUNTIMES if find_runtime(rt)]
     for rt in RUNTIMES:
         if rt not in available:
@@ -550,18 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.monotonic() - started
     results["load_after"] = os.getloadavg()[0]
 
-    log("termlog: flux serve with and without --log-requests")
-    work = Path(tempfile.mkdtemp(prefix="flux-bench-termlog-"))
-    try:
-        results["termlog"] = termlog.measure(work, section_measure(s))
-    except servers.BenchError as exc:
-        log(f"failed: {exc}")
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
     rows, detail, notes = build(s, results)
-    rows.extend(termlog.rows(results["termlog"]))
+    rows += extra_rows
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
@@ -572,45 +580,6 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
-    return 0
-
-
-def section_measure(s: Settings) -> termlog.Measure:
-    """``measure`` for a section module: (label, url, connections, key) -> WrkResult."""
-    return lambda label, url, connections, key: measure(label, url, s, connections, key)
-
-
-def run_only(s: Settings, names: list[str]) -> int:
-    """The named sections alone: their log lines, and the summary rows of those that have
-    standalone rows (the http section's ratios need the whole run's ceiling)."""
-    rows: list[list[str]] = []
-    work = Path(tempfile.mkdtemp(prefix="flux-bench-only-"))
-    try:
-        for name in names:
-            log(f"section {name}")
-            if name == "inproc":
-                log(f"limiter: {inproc.limiter_decisions_per_second(s.decisions, keys=2_000)}")
-                log(f"keystore: {inproc.keystore_rss(s.keys)}")
-                log(f"routes: {inproc.route_lookup(lookups=100_000)}")
-            elif name == "cold":
-                for rt in RUNTIMES:
-                    if find_runtime(rt):
-                        log(f"{rt}: {inproc.cold_start_ms(rt, s.cold_runs)}")
-            elif name == "devreload":
-                log(f"devreload: {devreload.measure(5 if s.quick else 20)}")
-            elif name == "http":
-                available = [rt for rt in RUNTIMES if find_runtime(rt)]
-                (work / "http").mkdir()
-                http_benchmarks(s, work / "http", available, False)
-            elif name == "termlog":
-                rows.extend(termlog.rows(termlog.measure(work, section_measure(s))))
-    except servers.BenchError as exc:
-        log(f"failed: {exc}")
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if rows:
-        print(report.text_table(SUMMARY_HEADER, rows))
     return 0
 
 

@@ -134,6 +134,7 @@ def normalise_terminal(text: str, project: str, port: str) -> list[str]:
     text = re.sub(r"(?m)^\d\d:\d\d:\d\d\.\d{3}  [0-9a-f]{8}  ", "HH:MM:SS.mmm  ID  ", text)
     text = re.sub(r"\d+(\.\d+)? (ms|s)\b", "N ms", text)
     text = re.sub(r"version \d+", "version N", text)
+    text = re.sub(r"Dashboard: http://127.0.0.1:\d+/login\?token=\S+", "Dashboard: URL", text)
     text = re.sub(r" (warm|cold)$", " warm", text, flags=re.M)
     return text.splitlines()
 
