@@ -1,6 +1,6 @@
 """Benchmark the Flux gateway against its ceiling, in one run, on loopback; write BENCHMARKS.md.
 
-What runs (SPEC/issue 7): a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
+What runs : a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
 the gateway in front of warm python/node/deno functions, its 401 and 429 paths, each at 1 and 32
 connections with wrk; tracing on vs off; cold start per runtime vs the bare spawn of that
 runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, route lookup

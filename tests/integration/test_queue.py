@@ -1,4 +1,5 @@
-"""The durable queue for async invocations (SPEC §5): durability, retries, crash recovery."""
+"""The durable queue for async invocations (docs/reference.md#async-functions): durability,
+retries, crash recovery."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The trace store: buffered writes by a background task, read back by the CLI (SPEC §4.5)."""
+"""The trace store: buffered writes by a background task, read back by the CLI
+(docs/reference.md#request-ids-and-traces)."""
 
 from __future__ import annotations
 
