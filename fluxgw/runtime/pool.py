@@ -9,7 +9,8 @@ idle workers and pre-warms, and owns every worker's supervising task, so no proc
 Failure mapping (docs/reference.md#status-codes): 504 ``function_timeout``; 502
 ``function_error`` (handler raised; the worker stays), ``function_crashed`` (the worker died),
 ``bad_function_response`` (malformed protocol output), ``function_failed_to_start``
-(import/syntax error), ``runtime_unavailable`` (node/deno missing, or the pool is stopped). A worker is reused only after a clean answer.
+(import/syntax error), ``runtime_unavailable`` (node/deno missing, or the pool is stopped).
+A worker is reused only after a clean answer.
 """
 
 from __future__ import annotations
