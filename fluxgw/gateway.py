@@ -35,6 +35,7 @@ from .httpio import (
     Receive,
     Scope,
     Send,
+    answer_lifespan,
     decode_headers,
     error_body,
     read_body,
@@ -198,14 +199,7 @@ class Gateway:
         # websockets are not served: hypercorn answers the handshake with 500 if we return
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        # Returning at once on lifespan crashes hypercorn's trio worker: acknowledge both.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(
