@@ -1,6 +1,6 @@
 """Benchmark the Flux gateway against its ceiling, in one run, on loopback; write BENCHMARKS.md.
 
-What runs : a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
+What runs: a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
 the gateway in front of warm python/node/deno functions, its 401 and 429 paths, each at 1 and 32
 connections with wrk; tracing on vs off; cold start per runtime vs the bare spawn of that
 runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, route lookup
@@ -8,7 +8,8 @@ at 10 and 10,000 routes. Every figure is measured in the same run, so ratios com
 like on a machine whose absolute speed drifts.
 
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
-`dashboard`: throughput with 0 vs 10 dashboards on the live tail). `--only NAME[,NAME]` runs
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail; `loops`: the gateway on trio
+and on asyncio, each against its own ceiling). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import dashboard, devreload, inproc, profile, report, servers
+from benchlib import dashboard, devreload, inproc, loops, profile, report, servers
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -35,7 +36,7 @@ REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
 # Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
-SECTIONS = {"dashboard": dashboard.measure}
+SECTIONS = {"dashboard": dashboard.measure, "loops": loops.measure}
 
 
 class Settings:
