@@ -257,11 +257,11 @@ def request_event(
     (the gateway span's attributes give the error code and whether it was queued)."""
     spans = list(spans)
     error = gateway_span.get("error")
-    if error is None:
-        for span in spans:
-            if span.name == "function" and span.attributes.get("error"):
-                error = span.attributes["error"]
-                message = message or span.attributes.get("message")
+    for span in spans:  # a failed call: its span has the code and message (stored traces)
+        if span.name == "function" and span.attributes.get("error"):
+            error = error or span.attributes["error"]
+            told = span.attributes.get("message")
+            message = message or (told if isinstance(told, str) else None)
     return RequestEvent(
         at=at,
         request_id=request_id,

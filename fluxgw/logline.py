@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import attrs
 import orjson
 
-from .feed import FeedItem, JobEvent, RequestEvent, worker_start
+from .feed import FeedItem, JobEvent, RequestEvent, request_event
 from .runtime.api import LogLine
 from .tracing import TraceRecord
 
@@ -232,13 +232,7 @@ def event_from_trace(trace: TraceRecord) -> RequestEvent:
     gateway: Mapping[str, Any] = next(
         (span.attributes for span in trace.spans if span.name == "gateway"), {}
     )
-    error = gateway.get("error")
-    message = None
-    for span in trace.spans:
-        if span.name == "function" and span.attributes.get("error"):
-            error = error or span.attributes["error"]
-            message = span.attributes.get("message")
-    return RequestEvent(
+    return request_event(
         at=trace.started_at,
         request_id=trace.request_id,
         method=trace.method,
@@ -246,12 +240,10 @@ def event_from_trace(trace: TraceRecord) -> RequestEvent:
         status=trace.status,
         duration_ms=trace.duration_ms,
         function=trace.function,
-        start=worker_start(trace.spans),
         principal=trace.key_name,
-        error=error if isinstance(error, str) else None,
-        message=message if isinstance(message, str) else None,
+        gateway_span={**gateway, "queued": trace.async_state is not None},
+        spans=trace.spans,
         logs=trace.logs,
-        queued=trace.async_state is not None,
     )
 
 
