@@ -24,6 +24,7 @@ import orjson
 
 from .feed import FeedItem, JobEvent, RequestEvent, request_event
 from .runtime.api import LogLine
+from .trace_render import format_time
 from .tracing import TraceRecord
 
 __all__ = [
@@ -219,6 +220,13 @@ def render_json(item: FeedItem) -> str:
     """One JSON object on one line (``--log-format json``, ``flux logs --json``); the output
     lines are bounded like the text form, with ``logs_omitted`` counting the rest."""
     data: dict[str, Any] = item.to_json()
+    if "time" in data:  # shippers want a readable time; the epoch stays as "ts"
+        data = {
+            "type": data.pop("type"),
+            "time": format_time(data["time"]),
+            "ts": data.pop("time"),
+            **data,
+        }
     logs = data.get("logs")
     if isinstance(logs, list) and len(logs) > HEAD_LINES + TAIL_LINES:
         data["logs_omitted"] = len(logs) - HEAD_LINES - TAIL_LINES
