@@ -174,4 +174,4 @@ def gateway_server(
     argv = [FLUX, "--project", str(project), "serve", "--port", str(port), "--loop", loop]
     if not tracing:
         argv.append("--no-tracing")
-    return Server(name, argv, "Flux gateway serving", log_dir)
+    return Server(name, argv, "flux: serving", log_dir)
