@@ -18,7 +18,9 @@ import attrs
 import orjson
 import trio
 
-from . import cors, keys
+from . import cors
+from .auth.principal import Principal
+from .auth.step import authenticate, check_credential, check_scope
 from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
 from .httpio import (
@@ -102,7 +104,7 @@ class Gateway:
             min_workers=self.options.min_workers,
             idle_timeout=self.options.idle_timeout,
         )
-        self.loader = LiveLoader(state)
+        self.loader = LiveLoader(state, self.clock)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
@@ -253,20 +255,11 @@ class Gateway:
         if ex.path == "/_flux/health":
             return self._health(live)
 
-        # 1. authentication
-        outcome = live.keys.authenticate(ex.headers.get("authorization"))
-        ex.span["auth"] = outcome.code
-        if not outcome.ok:
-            extra = [("www-authenticate", "Bearer")] if outcome.status == 401 else []
-            raise HttpError(outcome.status, outcome.code, outcome.message, extra)
-        record = outcome.record
-        assert record is not None
-        ex.key_name = record.name
-        ex.span["key"] = record.name
-        self.key_usage[record.key_hash] = time.time()
+        # 1. authentication: an API key or a user token, one Principal either way
+        principal = await self._authenticate(ex)
 
-        # 2. rate limit, per key, against the project's plan
-        decision = self.limiter.check(record.key_hash, live.plan)
+        # 2. rate limit, per key or token subject, against the project's plan
+        decision = self.limiter.check(principal.bucket, live.plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(live.plan)),
@@ -285,7 +278,8 @@ class Gateway:
             )
 
         if ex.path.startswith(INTERNAL_PREFIX):
-            return await self._internal(ex, record)
+            check_credential(principal, ex.path, ("key",))
+            return await self._internal(ex, principal.scope)
 
         # 3. route lookup
         match = live.routes.lookup(ex.method, ex.path)
@@ -300,10 +294,12 @@ class Gateway:
         spec = match.spec
         ex.function = spec.name
         ex.span["route"] = f"{spec.method} {spec.route} -> {spec.name}"
-        scoped = live.keys.authorize(record, spec.name)
-        if not scoped.ok:
-            ex.span["auth"] = scoped.code
-            raise HttpError(scoped.status, scoped.code, scoped.message)
+        try:
+            check_credential(principal, f"function {spec.name!r}", spec.auth)
+            check_scope(principal, spec.name)
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
 
         # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
         # 6. dispatch
@@ -331,6 +327,7 @@ class Gateway:
             scope=scope,
             spec=spec,
             body=body,
+            principal=principal,
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:
@@ -347,6 +344,22 @@ class Gateway:
         return result.status, function_headers(result.headers), result.body
 
     # -- steps -------------------------------------------------------------------------------
+    async def _authenticate(self, ex: Exchange) -> Principal:
+        """Who is calling (docs/auth.md); the trace records who, never the credential."""
+        try:
+            principal = await authenticate(
+                ex.live.keys, ex.live.tokens, ex.headers.get("authorization")
+            )
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
+        ex.span["auth"] = "ok"
+        ex.span.update(principal.trace_attributes())
+        if principal.key_hash is not None:
+            ex.key_name = principal.name
+            self.key_usage[principal.key_hash] = time.time()
+        return principal
+
     def _preflight(self, ex: Exchange) -> tuple[int, Headers, bytes]:
         headers, decision = cors.preflight_headers(
             ex.live.cors,
@@ -366,7 +379,7 @@ class Gateway:
         }
         return 200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload)
 
-    async def _internal(self, ex: Exchange, record: keys.KeyRecord) -> tuple[int, Headers, bytes]:
+    async def _internal(self, ex: Exchange, scope: tuple[str, ...]) -> tuple[int, Headers, bytes]:
         """/_flux/ endpoints. Metrics and invocation results need an unscoped key of this
         project (a scoped key is meant for calling its functions only); an invocation can also
         be read with the key that queued it."""
@@ -374,7 +387,7 @@ class Gateway:
         if ex.method != "GET":
             raise HttpError(404, "not_found", f"no function at {ex.method} {ex.path}")
         if ex.path == "/_flux/metrics":
-            if record.functions:
+            if scope:
                 raise HttpError(403, "forbidden", "metrics need a key not scoped to functions")
             text = self.metrics.render(
                 workers=self.pool.stats(),
@@ -391,7 +404,7 @@ class Gateway:
         if ex.path.startswith(prefix):
             request_id = ex.path[len(prefix) :]
             job = await trio.to_thread.run_sync(self.queue.get, request_id)
-            if job is None or (record.functions and job.function not in record.functions):
+            if job is None or (scope and job.function not in scope):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return 200, [JSON], orjson.dumps(job_to_json(job))
         raise HttpError(404, "not_found", f"no gateway endpoint at {ex.path}")
