@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import devreload, inproc, profile, report, servers
+from benchlib import jwt as jwt_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -30,6 +31,8 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
+# --only NAME[,NAME]: "core" is everything above the sections named after it.
+SECTIONS = ("core", "jwt")
 
 
 class Settings:
@@ -482,8 +485,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
+    parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections ({', '.join(SECTIONS)}); without core, the rows are "
+        "printed and BENCHMARKS.md is left alone",
+    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if only - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -500,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: dict[str, Any] = {"date": report.now_utc(), "load_before": os.getloadavg()[0]}
+    if "core" not in only:
+        return run_sections(s, only, results)
     results["machine"] = report.machine(find_runtime("node"), find_runtime("deno"), wrk_version())
     log("in process: rate limiter, KeyStore memory, route lookup")
     results["limiter"] = inproc.limiter_decisions_per_second(s.decisions, keys=2_000)
@@ -532,10 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.profile:
             shutil.rmtree(work, ignore_errors=True)
+    extra_rows = sections(s, only, results)
     results["elapsed_s"] = time.monotonic() - started
     results["load_after"] = os.getloadavg()[0]
 
     rows, detail, notes = build(s, results)
+    rows += extra_rows
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
@@ -546,6 +562,45 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
+    return 0
+
+
+def sections(s: Settings, only: set[str], results: dict[str, Any]) -> list[list[str]]:
+    """The named sections after core: each measures in its own folder, returns target rows."""
+    rows: list[list[str]] = []
+    if "jwt" in only:
+        log("user tokens (JWT) vs API keys, one gateway")
+        work = Path(tempfile.mkdtemp(prefix="flux-bench-jwt-"))
+        try:
+            (work / "logs").mkdir()
+            results["jwt"] = jwt_bench.measure_tokens(
+                work,
+                work / "logs",
+                lambda label, url, c, credential: measure(label, url, s, c, credential),
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows += jwt_bench.summary_rows(results["jwt"])
+        cost = results["jwt_step_us"] = jwt_bench.step_cost_us(2_000 if s.quick else 10_000)
+        rows.append(
+            [
+                "authenticate step in process, us per call",
+                f"key {cost['key']:.1f}, HS256 {cost['hs256']:.1f}, ES256 {cost['es256']:.1f}",
+                "(explains the rows above)",
+                "n/a",
+            ]
+        )
+    return rows
+
+
+def run_sections(s: Settings, only: set[str], results: dict[str, Any]) -> int:
+    """--only without core: measure the named sections and print their rows."""
+    try:
+        rows = sections(s, only, results)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    print(report.text_table(SUMMARY_HEADER, rows))
     return 0
 
 

@@ -6,8 +6,8 @@ Cache rules (docs/auth.md, "Key sets"):
   the answer names none, or says ``no-cache``/``no-store``);
 * a token naming a ``kid`` the set does not hold triggers a refetch, at most once per 30 s
   (a flood of made-up kids costs the provider one request per 30 s);
-* a fetch that fails (network, status, bad JSON) keeps the keys already held; the next try
-  waits the same 30 s;
+* a fetch that fails (network, status, bad JSON) keeps the keys already held; a due set is
+  tried again after 30 s (5 s while no set was ever fetched);
 * each successful fetch replaces the set, so rotation is the provider's publishing: old and new
   kid both verify while both are published.
 
@@ -147,6 +147,7 @@ class JwksCache:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.expires_at = -math.inf  # when the held set is due for a refetch
         self.last_attempt = -math.inf
+        self.last_kid_refetch = -math.inf  # unknown kids: one refetch per REFETCH_INTERVAL
         self.fetches = 0  # attempts made (for tests and the trace)
         self._inflight: anyio.Event | None = None
 
@@ -160,26 +161,29 @@ class JwksCache:
         ``None``: no such key even after a refetch (or a refetch is not allowed yet). Raises
         JwksError only when no set was ever fetched and fetching fails.
         """
-        if self._clock() >= self.expires_at:
+        if self._clock() >= self.expires_at and self._may_refresh():
             await self._refresh()
         key = select_key(self.keys, kid)
-        if key is None and self._may_fetch():
+        if key is None and self.fetched and self._may_refetch_for_kid():
+            self.last_kid_refetch = self._clock()
             await self._refresh()
             key = select_key(self.keys, kid)
         if key is None and not self.fetched:
-            raise JwksError(f"the key set at {self.url} could not be fetched yet")
+            raise JwksError(f"the key set at {self.url} could not be fetched")
         return key
 
-    def _may_fetch(self) -> bool:
+    def _may_refresh(self) -> bool:
+        """A due set is refetched, but after a failed try not before the backoff."""
         wait = REFETCH_INTERVAL if self.fetched else FIRST_FETCH_RETRY
-        return self._clock() - self.last_attempt >= wait
+        return self._inflight is not None or self._clock() - self.last_attempt >= wait
+
+    def _may_refetch_for_kid(self) -> bool:
+        return self._clock() - self.last_kid_refetch >= REFETCH_INTERVAL
 
     async def _refresh(self) -> None:
         """One fetch (shared by everyone who asks meanwhile); failures keep the held keys."""
         if self._inflight is not None:
             await self._inflight.wait()
-            return
-        if not self._may_fetch():
             return
         done = self._inflight = anyio.Event()
         previous_attempt = self.last_attempt
