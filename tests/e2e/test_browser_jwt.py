@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import test_browser
 from conftest import FLUX, flux, serve, write_function
 from signing import hs256
-import test_browser
 from test_browser import PageServer, visit
 
 pytestmark = test_browser.pytestmark  # the browser mark, and the skip when Chromium is missing
