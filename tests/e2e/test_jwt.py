@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FLUX, bearer, flux, key_for, serve, write_function
+from conftest import FLUX, SERVER_LOOPS, bearer, flux, key_for, serve, write_function
 from signing import AUDIENCE, ISSUER, EcKey, JwksServer, RsaKey, claims, hs256
 
 from fluxgw.state import StateDir
@@ -129,13 +129,14 @@ def test_refused_tokens_answer_rfc_6750_with_cors(tokens_project: Path) -> None:
             assert "ratelimit" not in answer.headers  # a refused token counts against no one
 
 
-def test_key_sets_from_a_url_and_settings_reach_a_running_gateway(project: Path) -> None:
+@SERVER_LOOPS
+def test_key_sets_from_a_url_and_settings_reach_a_running_gateway(project: Path, loop: str) -> None:
     write_function(project, "users", WHO, route="/users", method="GET", auth="jwt")
     flux(project, "deploy")
     rsa_key, ec_key = RsaKey("rsa-1"), EcKey("ec-1")
     with (
         JwksServer(rsa_key, ec_key) as provider,
-        serve(project) as gw,
+        serve(project, loop=loop) as gw,
         httpx.Client(base_url=gw.url, timeout=30) as client,
     ):
         token = ec_key.sign(claims("bob"))

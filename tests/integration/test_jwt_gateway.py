@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
+from conftest import BOTH_LOOPS
 from signing import hs256
 
 from fluxgw.testing import IdentityProvider, open_gateway
+
+pytestmark = BOTH_LOOPS  # key set fetches and the harness, on trio and on asyncio
 
 WHO = "def handler(request, ctx):\n    return {'auth': ctx.auth}\n"
 
@@ -33,9 +36,9 @@ async def statuses(client: httpx.AsyncClient, path: str, token: str, count: int)
         answer = await client.get(path, headers={"authorization": f"Bearer {token}"})
         found.append(answer.status_code)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as group:
         for _ in range(count):
-            nursery.start_soon(one)
+            group.start_soon(one)
     return found
 
 

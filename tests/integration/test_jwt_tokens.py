@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from conftest import BOTH_LOOPS
 from signing import AUDIENCE, ISSUER, EcKey, JwksServer, RsaKey, claims, encode, hs256, unsigned
 
 from fluxgw.auth.config import TokenSettings
@@ -17,6 +18,8 @@ from fluxgw.auth.jwks import MAX_TTL, MIN_TTL, cache_ttl
 from fluxgw.auth.jwt_verify import TokenError
 from fluxgw.auth.tokens import KeysUnavailable, TokenVerifier
 from fluxgw.testing import FakeClock
+
+pytestmark = BOTH_LOOPS  # the key set cache fetches with httpx on either loop
 
 SECRET = b"s" * 40
 
