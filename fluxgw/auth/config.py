@@ -116,6 +116,9 @@ def check_jwks(data: Any) -> dict[str, Any]:
 
 
 def check_secret(secret: bytes) -> bytes:
+    if secret.lstrip().startswith((b"-----BEGIN", b"ssh-", b"{")):
+        # PyJWT would refuse it on every token; and a public key is not a shared secret
+        raise ValueError("this looks like a key, not a shared secret: use --jwt-jwks-file")
     if len(secret) < MIN_SECRET:
         raise ValueError(
             f"the secret is {len(secret)} bytes; HS256 needs at least {MIN_SECRET} "

@@ -197,8 +197,15 @@ def test_secret_settings_mint_and_traces(tokens_project: Path) -> None:
         assert (auth["subject"], auth["issuer"], auth["claims"]["plan"]) == ("dev-1", ISSUER, "pro")
         assert auth["claims"]["exp"] - auth["claims"]["iat"] == 600
         request_id = answer.headers["x-request-id"]
-        time.sleep(0.3)  # the trace writer batches
-        trace = json.loads(flux(tokens_project, "trace", request_id, "--json").stdout)
+        written_by = time.monotonic() + 10  # the trace writer batches: poll until it is there
+        while (
+            found := flux(tokens_project, "trace", request_id, "--json", check=False)
+        ).returncode:
+            assert time.monotonic() < written_by, found.stderr
+            time.sleep(0.05)
+        trace = json.loads(found.stdout)
+        shown_trace = flux(tokens_project, "trace", request_id).stdout
+    assert f"user token   dev-1 ({ISSUER})" in shown_trace and token not in shown_trace
     gateway_span = next(s for s in trace["spans"] if s["name"] == "gateway")
     attributes = gateway_span["attributes"]
     assert (attributes["mode"], attributes["subject"], attributes["issuer"]) == (
@@ -243,6 +250,13 @@ def test_project_update_refusals(tokens_project: Path, tmp_path: Path) -> None:
         timeout=60,
     )
     assert short.returncode == 1 and b"at least 32" in short.stderr
+    pem = subprocess.run(
+        [FLUX, "--project", str(tokens_project), "project", "update", "--jwt-secret-stdin"],
+        input=RsaKey("pem").public_pem(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert pem.returncode == 1 and b"not a shared secret" in pem.stderr
     assert not (StateDir(tokens_project).root / "jwt.json").exists()  # nothing was written
 
 
