@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import Any
 
 from .auth.principal import JWT, Principal
-from .httpio import HOP_BY_HOP, Headers
+from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
 from .runtime.api import Invocation
 from .tracing import new_traceparent
@@ -31,7 +30,7 @@ def build_invocation(
     method: str,
     path: str,
     headers: dict[str, str],
-    scope: dict[str, Any],
+    scope: Scope,
     spec: FunctionSpec,
     body: bytes,
     principal: Principal | None = None,
