@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from ..keys import KeyRecord
 from ..project import AUTH_KINDS  # what a function's flux.json ``auth`` field may name
 
 KEY, JWT = AUTH_KINDS
@@ -32,6 +33,7 @@ class Principal:
     scope: tuple[str, ...] = ()  # key only: the functions a scoped key may call; () = all
     kid: str | None = None  # token only: the signing key's id, if the token named one
     key_hash: str | None = None  # key only: for the key's last-used time
+    record: KeyRecord | None = attrs.field(default=None, eq=False, repr=False)  # key only
     claims: dict[str, Any] = attrs.field(factory=dict, eq=False)  # token only, verified
 
     def context(self) -> dict[str, Any]:

@@ -63,6 +63,7 @@ async def authenticate(
         bucket=record.key_hash,
         scope=record.functions,
         key_hash=record.key_hash,
+        record=record,
     )
 
 
