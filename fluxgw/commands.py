@@ -70,6 +70,10 @@ def _deploy_and_print(state: StateDir) -> None:
     deployment = deploy_functions(state)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
+    from .auth.commands import deploy_warnings
+
+    for warning in deploy_warnings(state, deployment.functions):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def deploy(project_dir: Path, args: argparse.Namespace) -> int:

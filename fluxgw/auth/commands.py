@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import FluxError
+from ..project import FunctionSpec
 from ..state import StateDir
 from .config import load_token_settings, update_token_settings
 from .mint import mint_for, parse_claims, parse_ttl
@@ -43,6 +45,19 @@ def update(state: StateDir, args: argparse.Namespace) -> None:
         secret=_read_secret() if args.jwt_secret_stdin else None,
         **options,
     )
+
+
+def deploy_warnings(state: StateDir, functions: Iterable[FunctionSpec]) -> list[str]:
+    """Functions taking user tokens in a project that takes none: every token would be
+    judged as a key (docs/auth.md), so say it at deploy time."""
+    takes_tokens = [spec.name for spec in functions if "jwt" in spec.auth]
+    if not takes_tokens or load_token_settings(state) is not None:
+        return []
+    return [
+        f"function {name} takes user tokens, but the project has no token settings "
+        "(flux project update --jwt-jwks-url URL or --jwt-secret-stdin)"
+        for name in takes_tokens
+    ]
 
 
 def _read_secret() -> bytes:

@@ -282,7 +282,10 @@ def test_key_set_file(tokens_project: Path, tmp_path: Path) -> None:
 
 def test_auth_field_is_validated_at_deploy(project: Path) -> None:
     write_function(project, "good", WHO, auth=["jwt", "key"])
-    flux(project, "deploy")
+    deployed = flux(project, "deploy")
+    assert "function good takes user tokens, but the project has no token settings" in (
+        deployed.stderr
+    )
     write_function(project, "bad", WHO, auth="oauth")
     result = flux(project, "deploy", check=False)
     assert result.returncode == 1
