@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _loop_argument(dev)
+    _dashboard_arguments(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
@@ -40,7 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    _dashboard_arguments(serve)
     _pool_arguments(serve)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="print a fresh login URL for the running gateway's dashboard"
+    )
+    dashboard.add_argument(
+        "--ttl",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="seconds the one-time link stays valid (default 900)",
+    )
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -104,6 +117,17 @@ def _jwt_arguments(parser: argparse.ArgumentParser) -> None:
         "--jwt-secret-stdin", action="store_true", help="an HS256 secret, read from stdin"
     )
     source.add_argument("--jwt-clear", action="store_true", help="take no user tokens")
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The admin listener (docs/dashboard.md)."""
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="dashboard port on 127.0.0.1 (default 4001; a free one if 4001 is taken)",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
 
 
 def _loop_argument(parser: argparse.ArgumentParser) -> None:
@@ -196,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         "project": commands.project,
         "trace": commands.trace,
         "jwt": commands.jwt,
+        "dashboard": commands.dashboard,
     }[args.command]
     return handler(project_dir, args)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 
+from .admin.security import without_session_cookies
 from .auth.principal import JWT, Principal
 from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
@@ -49,6 +50,9 @@ def build_invocation(
         for name, value in headers.items()
         if name not in NOT_FORWARDED and not name.startswith(GATEWAY_PREFIX)
     ]
+    if "cookie" in headers:  # the dashboard's session cookie never reaches a function
+        forwarded = [(n, without_session_cookies(v) if n == "cookie" else v) for n, v in forwarded]
+        forwarded = [(n, v) for n, v in forwarded if v or n != "cookie"]
     if principal is not None and principal.kind == JWT and "authorization" in headers:
         # the user's token, so the function can call other services on the user's behalf
         forwarded.append(("authorization", headers["authorization"]))
