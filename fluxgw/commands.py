@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .console import warn
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
@@ -63,7 +64,7 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
         for spec in deployment.functions:
             problem = runtime_problem(spec.runtime)
             if problem:
-                print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
+                warn(f"function {spec.name}: {problem}")
 
 
 def _deploy_and_print(state: StateDir) -> None:
@@ -102,15 +103,16 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        log_requests=args.log_requests or args.log_format is not None,
+        log_format=args.log_format or "text",
         loop=args.loop,
         pool=pool_options(args),
         **dashboard_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
-        print(
-            "warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
-            "(the gateway picks it up without a restart)",
-            file=sys.stderr,
+        warn(
+            "nothing is deployed yet, every route answers 404: run 'flux deploy' "
+            "(the gateway picks it up without a restart)"
         )
     return run_server(config)
 
@@ -154,6 +156,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        log_format=args.log_format or "text",
         loop=args.loop,
         pool=pool_options(args),
         **dashboard_options(args),
@@ -292,3 +295,9 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     else:
         print(render_trace(record))
     return 0
+
+
+def logs(project_dir: Path, args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(StateDir(project_dir), args)

@@ -29,6 +29,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .runtime.api import FunctionFailed, LogLine
+from .trace_render import format_time
 
 if TYPE_CHECKING:
     from .jobs import QueueEvent
@@ -74,7 +75,8 @@ class RequestEvent:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": self.kind,
-            "time": self.at,
+            "time": format_time(self.at),
+            "ts": self.at,
             "request_id": self.request_id,
             "method": self.method,
             "path": self.path,
@@ -113,7 +115,8 @@ class JobEvent:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": self.kind,
-            "time": self.at,
+            "time": format_time(self.at),
+            "ts": self.at,
             "request_id": self.request_id,
             "function": self.function,
             "event": self.event,
@@ -144,7 +147,7 @@ FeedItem = RequestEvent | JobEvent | Dropped
 
 
 def _log_json(line: LogLine) -> dict[str, Any]:
-    return {"time": line.timestamp, "stream": line.stream, "text": line.text}
+    return {"ts": line.timestamp, "stream": line.stream, "text": line.text}
 
 
 @attrs.define(eq=False)

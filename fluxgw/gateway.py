@@ -225,6 +225,8 @@ class Gateway:
             body = error_body("internal_error", "the gateway failed; see its log", ex.request_id)
             ex.span["error"] = "internal_error"
         headers = self._finish(ex, status, headers)
+        if self.feed.active:  # before the answer leaves, so an async job's events follow it
+            self._publish(ex, status)
         await send_response(send, status, headers, body)
         self._record(ex, status)
 
@@ -393,12 +395,11 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
-        if self.feed.active:
-            self._publish(ex, status, duration_ms)
         if self.traces.enabled:
             self.traces.record(request_trace(ex, status, duration_ms))
 
-    def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
+    def _publish(self, ex: Exchange, status: int) -> None:
+        duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.feed.publish(
             request_event(
                 at=ex.started,
