@@ -28,7 +28,7 @@ from .dispatch import build_invocation, function_headers
 from .endpoints import Endpoints
 from .errors import HttpError, StateError
 from .exchange import Exchange
-from .feed import RequestFeed, job_event, request_event
+from .feed import RequestFeed, exchange_event, job_event
 from .httpio import (
     JSON,
     MAX_BODY,
@@ -226,7 +226,8 @@ class Gateway:
             ex.span["error"] = "internal_error"
         headers = self._finish(ex, status, headers)
         if self.feed.active:  # before the answer leaves, so an async job's events follow it
-            self._publish(ex, status)
+            duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+            self.feed.publish(exchange_event(ex, status, duration_ms))
         await send_response(send, status, headers, body)
         self._record(ex, status)
 
@@ -397,25 +398,6 @@ class Gateway:
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
         if self.traces.enabled:
             self.traces.record(request_trace(ex, status, duration_ms))
-
-    def _publish(self, ex: Exchange, status: int) -> None:
-        duration_ms = (time.perf_counter() - ex.started_perf) * 1000
-        self.feed.publish(
-            request_event(
-                at=ex.started,
-                request_id=ex.request_id,
-                method=ex.method,
-                path=ex.path,
-                status=status,
-                duration_ms=duration_ms,
-                function=ex.function,
-                principal=ex.principal.name if ex.principal is not None else None,
-                gateway_span=ex.span,
-                spans=ex.extra_spans,
-                logs=ex.logs,
-                message=ex.message,
-            )
-        )
 
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:
