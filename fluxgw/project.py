@@ -6,6 +6,7 @@ re-checks (the attrs habit from ARCHITECTURE.md). Every refusal names the file a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +30,8 @@ SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 MAX_ROUTE = 1024
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry")
+KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry", "auth")
+AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 MAX_FLUX_JSON = 64 * 1024  # bytes; a flux.json is a few hundred
 
 
@@ -110,6 +112,13 @@ def _entry_problem(value: Any) -> str | None:
     return None
 
 
+def _auth_problem(value: Any) -> str | None:
+    kinds = value if isinstance(value, tuple) else ()
+    if not kinds or any(k not in AUTH_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        return f'must be "key", "jwt" or both, got {clip(value)}'
+    return None
+
+
 def _bool_problem(value: Any) -> str | None:
     return None if isinstance(value, bool) else f"must be true or false, got {clip(value)}"
 
@@ -133,6 +142,9 @@ class FunctionSpec:
     entry: str = attrs.field(validator=_check(_entry_problem))
     is_async: bool = attrs.field(default=False, validator=_check(_bool_problem))
     timeout: float = attrs.field(default=30.0, validator=_check(_timeout_problem))
+    auth: tuple[str, ...] = attrs.field(  # credentials accepted: "key" and/or "jwt"
+        default=("key",), validator=_check(_auth_problem)
+    )
 
     @property
     def entry_path(self) -> Path:
@@ -148,6 +160,7 @@ class FunctionSpec:
             "timeout": self.timeout,
             "entry": self.entry,
             "directory": str(self.directory),
+            "auth": list(self.auth),
         }
 
     @classmethod
@@ -157,7 +170,7 @@ class FunctionSpec:
             raise FieldError("function", f"must be a JSON object, got {clip(data)}")
         known = (*KNOWN_FIELDS, "directory")
         for field in known:
-            if field not in data:
+            if field not in data and field != "auth":  # older deployments have no auth
                 raise FieldError(field, "is missing")
         for field in data:
             if field not in known:
@@ -173,7 +186,14 @@ class FunctionSpec:
             entry=data["entry"],
             is_async=data["async"],
             timeout=data["timeout"],
+            auth=_auth_tuple(data.get("auth", ["key"])),
         )
+
+
+def _auth_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise FieldError("auth", f"must be a list of credentials, got {clip(value)}")
+    return tuple(value)
 
 
 def find_project(start: Path, explicit: Path | None = None) -> Path:
@@ -239,6 +259,7 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
     is_async = _require_type(shown, "async", data.get("async", False), bool, "true or false")
     timeout = _require_type(shown, "timeout", data.get("timeout", 30), (int, float), "a number")
     _require(shown, "timeout", _timeout_problem(timeout))
+    auth = _parse_auth(shown, data.get("auth", "key"))
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
     _require(shown, "entry", _entry_problem(entry))
@@ -262,7 +283,22 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         entry=entry,
         is_async=is_async,
         timeout=float(timeout),
+        auth=auth,
     )
+
+
+def _parse_auth(shown: str, value: Any) -> tuple[str, ...]:
+    """``"key"``, ``"jwt"`` or a list of both: the credentials the function takes."""
+    kinds = [value] if isinstance(value, str) else value
+    label = '"key", "jwt" or ["key", "jwt"]'
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError(shown, "auth", f"must be {label}, got {json.dumps(value)}")
+    for kind in kinds:
+        if kind not in AUTH_KINDS:
+            raise ConfigError(shown, "auth", f"{kind!r} is not a credential: use {label}")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(shown, "auth", f"names a credential twice: {json.dumps(value)}")
+    return tuple(k for k in AUTH_KINDS if k in kinds)
 
 
 def load_functions(project_dir: Path) -> tuple[FunctionSpec, ...]:

@@ -29,7 +29,14 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 # Files only ever written while holding the lock (see StateDir.lock).
-LOCKED_FILES = ("keys.json", "project.json", "deployment.json", "ratelimit.json", "key-usage.json")
+LOCKED_FILES = (
+    "keys.json",
+    "project.json",
+    "deployment.json",
+    "ratelimit.json",
+    "key-usage.json",
+    "jwt.json",
+)
 
 Fingerprint = tuple[int, int, int] | None
 MAX_STATE_FILE = 512 * 1024 * 1024  # keys.json of 1,000,000 keys is ~250 MB
