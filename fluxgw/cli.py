@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _pool_arguments(dev)
+    _tls_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _pool_arguments(serve)
+    _tls_arguments(serve)
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -81,7 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
+
+    tls = commands.add_parser("tls", help="the local certificate authority (docs/tls.md)")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    tls_commands.add_parser("ca", help="print the CA certificate's path (for curl --cacert)")
+    for action, text in (("trust", "add the CA to"), ("untrust", "remove the CA from")):
+        store = tls_commands.add_parser(action, help=f"{text} the system and NSS stores")
+        store.add_argument(
+            "--store",
+            action="append",
+            choices=("system", "nss"),
+            dest="stores",
+            help="only this store (repeatable; default: both)",
+        )
+        store.add_argument("--system-root", type=Path, metavar="DIR", help="default /")
+        store.add_argument("--nss-db", type=Path, metavar="DIR", help="default ~/.pki/nssdb")
     return parser
+
+
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """HTTPS and HTTP/2 on the same port (docs/tls.md)."""
+    group = parser.add_argument_group("HTTPS")
+    group.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a certificate of the local CA"
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve this certificate")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key")
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "init":
         return commands.init(args.dir)
+    if args.command == "tls":
+        return commands.tls(args)
     project_dir = _project(args)
     handler = {
         "deploy": commands.deploy,

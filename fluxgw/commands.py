@@ -98,6 +98,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         tracing=not args.no_tracing,
         **pool_options(args),
+        **tls_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
         print(
@@ -122,12 +123,48 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig's ``tls`` from `--tls` / `--tls-cert` + `--tls-key` (docs/tls.md)."""
+    from . import tls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise FluxError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        return {"tls": tls.check_given(args.tls_cert, args.tls_key)}
+    if not args.tls:
+        return {}
+    files = tls.local_certificate()
+    tls.trust_in_functions(tls.local_function_trust())
+    print(f"HTTPS with the flux local CA: curl --cacert {tls.ensure_ca().cert}", file=sys.stderr)
+    return {"tls": files}
+
+
+def tls(args: argparse.Namespace) -> int:
+    from . import tls, tls_trust
+
+    ca = tls.ensure_ca()
+    if args.tls_command == "ca":
+        print(ca.cert)
+        return 0
+    stores = tuple(args.stores or tls_trust.STORES)
+    root, db = tls_trust.system_root(args.system_root), tls_trust.nss_db(args.nss_db)
+    change = tls_trust.trust if args.tls_command == "trust" else tls_trust.untrust
+    for line in change(ca, stores, root, db):
+        print(line)
+    return 0
+
+
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
     _deploy_and_print(StateDir(project_dir))
     config = ServerConfig(
-        project_dir=project_dir, host=args.host, port=args.port, dev=True, **pool_options(args)
+        project_dir=project_dir,
+        host=args.host,
+        port=args.port,
+        dev=True,
+        **pool_options(args),
+        **tls_options(args),
     )
     return run_server(config)
 

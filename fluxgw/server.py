@@ -27,6 +27,7 @@ from hypercorn.trio import serve
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .state import StateDir
+from .tls import CertFiles
 
 log = logging.getLogger("fluxgw.server")
 
@@ -44,10 +45,19 @@ class ServerConfig:
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
+    tls: CertFiles | None = None  # HTTPS with this certificate (docs/tls.md)
 
 
-def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
-    config = Config()
+def hypercorn_config(
+    host: str, port: int, grace_period: float, tls: CertFiles | None = None
+) -> Config:
+    from . import http2
+
+    http2.install()
+    config = http2.FluxHypercornConfig()
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        config.alpn_protocols = http2.ALPN
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = grace_period
     config.keep_alive_timeout = 75  # longer than common client pools' idle timeouts
@@ -65,10 +75,11 @@ async def serve_gateway(
     grace_period: float = 10.0,
     shutdown: trio.Event,
     on_ready: Callable[[list[str]], None] | None = None,
+    tls: CertFiles | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
-    config = hypercorn_config(host, port, grace_period)
+    config = hypercorn_config(host, port, grace_period, tls)
     async with trio.open_nursery() as background:
         await background.start(gateway.run)
         async with trio.open_nursery() as http:
@@ -126,6 +137,7 @@ async def _main(config: ServerConfig) -> None:
             grace_period=config.grace_period,
             shutdown=shutdown,
             on_ready=ready,
+            tls=config.tls,
         )
         nursery.cancel_scope.cancel()
 

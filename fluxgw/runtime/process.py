@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from ..project import FunctionSpec
+from ..tls import function_env
 from . import protocol
 from .api import FunctionFailed, LogLine
 
@@ -50,6 +51,7 @@ def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
         FLUX_RUNTIME=spec.runtime,
         NO_COLOR="1",  # error messages become log lines, not terminal escapes
     )
+    env.update(function_env(spec.runtime))  # trust the gateway's local CA (docs/tls.md)
     if spec.runtime == "deno":
         # A writable module/TypeScript cache shared by all workers (compiles once), no
         # update check reaching out to the network.
