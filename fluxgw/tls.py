@@ -21,7 +21,7 @@ from pathlib import Path
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -274,25 +274,25 @@ def check_given(cert: Path, key: Path) -> CertFiles:
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if not path.is_file():
             raise FluxError(f"{flag} {path}: no such file")
+    try:
+        x509.load_pem_x509_certificates(cert.read_bytes())
+    except ValueError:
+        raise FluxError(f"--tls-cert {cert}: not a PEM certificate") from None
+    try:
+        serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except TypeError:
+        raise FluxError(f"--tls-key {key}: encrypted; give the key without a passphrase") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise FluxError(f"--tls-key {key}: not a PEM private key") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(certfile=str(cert), keyfile=str(key), password=_no_password)
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except ssl.SSLError as exc:
-        problem = {
-            "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-            "NO_START_LINE": "not a PEM file",
-            "PEM_LIB": "not a PEM certificate and key",
-            "CA_MD_TOO_WEAK": "the certificate's signature is too weak",
-            "EE_KEY_TOO_SMALL": "the key is too small",
-        }.get(exc.reason or "", exc.reason or str(exc))
+        problem = exc.reason or str(exc)
+        if problem == "KEY_VALUES_MISMATCH":
+            problem = "the key does not belong to the certificate"
         raise FluxError(f"--tls-cert {cert} / --tls-key {key}: {problem}") from None
-    except (OSError, ValueError) as exc:
-        raise FluxError(f"--tls-cert {cert} / --tls-key {key}: {exc}") from None
     return CertFiles(cert, key)
-
-
-def _no_password() -> str:
-    raise ValueError("the key is encrypted; give a key without a passphrase")
 
 
 def spki_sha256(cert_pem: bytes) -> str:
