@@ -14,6 +14,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[str, str]]
 
 MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
+DRAIN_LIMIT = 2 * MAX_BODY  # most bytes of a refused body read (and dropped) before the 413
 # Set by the gateway or meaningless across a proxy: never copied from a function's response.
 HOP_BY_HOP = frozenset(
     {
@@ -62,6 +63,8 @@ async def read_body(
         except ValueError:
             raise HttpError(400, "bad_request", "Content-Length is not a number") from None
         if declared > limit:
+            if declared <= DRAIN_LIMIT:
+                await _discard(receive, declared)
             raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
@@ -73,10 +76,28 @@ async def read_body(
         if chunk:
             size += len(chunk)
             if size > limit:
+                if message.get("more_body", False):
+                    await _discard(receive, DRAIN_LIMIT - size)
                 raise too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _discard(receive: Receive, budget: int) -> None:
+    """Read and drop up to ``budget`` more bytes of a refused body.
+
+    An HTTP/1.1 client that is still sending when the server closes the connection sees a
+    write error instead of the 413 (over TLS always: the unread bytes make the close a reset).
+    Taking in a bounded remainder first lets it read the answer; a larger body is cut off.
+    """
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def too_large(limit: int) -> HttpError:

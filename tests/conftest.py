@@ -31,7 +31,7 @@ JS_RUNTIMES = [
 ]
 
 FLUX = str(Path(sys.executable).with_name("flux"))
-READY = re.compile(r"serving .* at (http://\S+)")
+READY = re.compile(r"serving .* at (https?://\S+)")
 
 
 def write_function(
