@@ -34,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _loop_argument(dev)
     _pool_arguments(dev)
     _tls_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
+    _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _pool_arguments(serve)
     _tls_arguments(serve)
@@ -99,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         store.add_argument("--system-root", type=Path, metavar="DIR", help="default /")
         store.add_argument("--nss-db", type=Path, metavar="DIR", help="default ~/.pki/nssdb")
     return parser
+
+
+def _loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
 
 
 def _tls_arguments(parser: argparse.ArgumentParser) -> None:

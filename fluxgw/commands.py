@@ -97,6 +97,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        loop=args.loop,
         **pool_options(args),
         **tls_options(args),
     )
@@ -163,6 +164,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        loop=args.loop,
         **pool_options(args),
         **tls_options(args),
     )

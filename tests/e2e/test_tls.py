@@ -18,6 +18,8 @@ import pytest
 import trustme
 from conftest import JS_RUNTIMES, RunningGateway, bearer, flux, key_for, serve, write_function
 
+from fluxgw.tls import ensure_ca
+
 pytestmark = pytest.mark.e2e
 
 HEADERS_THAT_DIFFER = {"date", "x-request-id", "ratelimit"}  # per request, by design
@@ -32,6 +34,7 @@ PREFLIGHT = {
 def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The local CA of these tests: never the user's own (FLUX_CA_DIR)."""
     folder = tmp_path_factory.mktemp("flux-ca")
+    ensure_ca(folder)  # made here once, so a client can trust it before the gateway starts
     saved = os.environ.get("FLUX_CA_DIR")
     os.environ["FLUX_CA_DIR"] = str(folder)
     yield folder
@@ -239,6 +242,22 @@ def test_a_function_calls_another_over_https_with_verification_on(
             )
     assert r.status_code == 200, r.text
     assert r.json() == {"via": runtime, "got": "pong"}
+
+
+def test_tls_and_http2_on_the_asyncio_loop(project: Path, ca_dir: Path) -> None:
+    write_function(project, "echo", "def handler(request, ctx):\n    return 'hi'\n")
+    flux(project, "deploy")
+    key = key_for(project)
+    verify = ssl.create_default_context(cafile=str(ca_dir / "flux-ca.pem"))
+    with (
+        serve(project, "--tls", "--loop", "asyncio") as gw,
+        httpx.Client(base_url=gw.url, verify=verify, http2=True, timeout=30) as c,
+    ):
+        ok = c.post("/echo", headers=bearer(key))
+        refused = c.post("/echo", content=b"x" * (8 * 1024 * 1024))
+        health = c.get("/_flux/health")
+    assert (ok.status_code, ok.json(), ok.http_version) == (200, "hi", "HTTP/2")
+    assert (refused.status_code, health.status_code) == (401, 200)
 
 
 def test_dev_serves_https_too(project: Path, ca_dir: Path) -> None:
