@@ -9,7 +9,9 @@ it saw by POSTing to its own server.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
-        CHROMIUM is None and not __import__("os").environ.get("CI"),
+        CHROMIUM is None and not os.environ.get("CI"),
         reason="chromium not installed (scripts/setup --test installs it)",
     ),
 ]
@@ -54,7 +56,7 @@ async function probe(url, options) {
 class PageServer:
     """Serves the page and collects the report, on its own loopback origin."""
 
-    def __init__(self, page: str) -> None:
+    def __init__(self, page: str, tls: tuple[Path, Path] | None = None) -> None:
         self.reports: list[dict] = []
         self.arrived = threading.Event()
         outer = self
@@ -79,7 +81,13 @@ class PageServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls:  # (certificate, key): an https origin
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -87,7 +95,13 @@ class PageServer:
         self.server.server_close()
 
 
-def visit(url: str, profile: Path, page: PageServer) -> dict:
+def visit(
+    url: str,
+    profile: Path,
+    page: PageServer,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> dict:
     assert CHROMIUM, "chromium is required (scripts/setup --test)"
     browser = subprocess.Popen(
         [
@@ -101,18 +115,24 @@ def visit(url: str, profile: Path, page: PageServer) -> dict:
             "--disable-sync",
             "--disable-quic",
             f"--user-data-dir={profile}",
+            *args,
             url,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         assert page.arrived.wait(60), "the page never reported"
         return page.reports[-1]
     finally:
-        browser.kill()
-        browser.wait(10)
+        browser.terminate()  # a clean exit: Chromium flushes what it writes (a --log-net-log)
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(10)
         subprocess.run(["pkill", "-KILL", "-s", str(browser.pid)], check=False)
 
 
