@@ -1,7 +1,8 @@
 """The ceiling: a bare hello-world ASGI app on hypercorn's trio worker, configured like the gateway.
 
-Run as ``python ceiling_app.py PORT``; prints ``ceiling ready at http://127.0.0.1:PORT`` once
-bound and stops on SIGTERM/SIGINT. Whatever the gateway costs on top of this is its own cost.
+Run as ``python ceiling_app.py PORT [CERT KEY]``; prints ``ceiling ready at http://127.0.0.1:PORT``
+once bound and stops on SIGTERM/SIGINT. Whatever the gateway costs on top of this is its own
+cost. With CERT and KEY it serves HTTPS, ALPN h2 + http/1.1, as `flux serve --tls` does.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls: list[str]) -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
+    if tls:
+        config.certfile, config.keyfile = tls
+        config.alpn_protocols = ["h2", "http/1.1"]
     config.keep_alive_timeout = 75  # as fluxgw.server configures hypercorn
     config.accesslog = None
     config.graceful_timeout = 1
@@ -55,4 +59,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]))
+    trio.run(main, int(sys.argv[1]), sys.argv[2:4])

@@ -156,15 +156,24 @@ class Server:
         self.stop()
 
 
-def ceiling_server(port: int, log_dir: Path) -> Server:
+def ceiling_server(
+    port: int, log_dir: Path, tls: tuple[Path, Path] | None = None, name: str = "ceiling"
+) -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
-    return Server("ceiling", [sys.executable, str(app), str(port)], "ceiling ready", log_dir)
+    argv = [sys.executable, str(app), str(port), *(str(path) for path in tls or ())]
+    return Server(name, argv, "ceiling ready", log_dir)
 
 
 def gateway_server(
-    project: Path, port: int, log_dir: Path, *, tracing: bool = True, name: str = "gateway"
+    project: Path,
+    port: int,
+    log_dir: Path,
+    *,
+    tracing: bool = True,
+    name: str = "gateway",
+    extra: tuple[str, ...] = (),
 ) -> Server:
-    argv = [FLUX, "--project", str(project), "serve", "--port", str(port)]
+    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), *extra]
     if not tracing:
         argv.append("--no-tracing")
     return Server(name, argv, "Flux gateway serving", log_dir)
