@@ -6,16 +6,20 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .cli import print_json, print_table, relative_time
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
 from .keyfile import create_key, load_records, load_usage, revoke_key
+from .printing import print_json, print_table, relative_time
 from .ratelimit import PLANS
+from .runtime.options import InvalidPoolOptions, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
+
+if TYPE_CHECKING:
+    from .tls import CertFiles
 
 TEMPLATE = Path(__file__).parent / "templates" / "init"
 
@@ -98,8 +102,8 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         tracing=not args.no_tracing,
         loop=args.loop,
-        **pool_options(args),
-        **tls_options(args),
+        pool=pool_options(args),
+        tls=tls_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
         print(
@@ -110,34 +114,33 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
     return run_server(config)
 
 
-def pool_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ServerConfig fields from `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
-    if args.max_workers < 1 or args.min_workers > args.max_workers:
-        raise FluxError("need --max-workers >= 1 and --min-workers <= --max-workers")
-    if args.idle_timeout <= 0:
-        raise FluxError("--idle-timeout must be > 0 seconds")
-    return {
-        "max_workers": args.max_workers,
-        "min_workers": args.min_workers,
-        "idle_timeout": args.idle_timeout,
-        "prewarm": args.prewarm,
-    }
+def pool_options(args: argparse.Namespace) -> PoolOptions:
+    """From `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
+    try:
+        return PoolOptions(
+            max_workers=args.max_workers,
+            min_workers=args.min_workers,
+            idle_timeout=args.idle_timeout,
+            prewarm=args.prewarm,
+        )
+    except InvalidPoolOptions as exc:
+        raise FluxError(str(exc)) from None
 
 
-def tls_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ServerConfig's ``tls`` from `--tls` / `--tls-cert` + `--tls-key` (docs/tls.md)."""
+def tls_options(args: argparse.Namespace) -> CertFiles | None:
+    """What to serve HTTPS with, from `--tls` / `--tls-cert` + `--tls-key` (docs/tls.md)."""
     from . import tls
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise FluxError("--tls-cert and --tls-key go together")
     if args.tls_cert is not None:
-        return {"tls": tls.check_given(args.tls_cert, args.tls_key)}
+        return tls.check_given(args.tls_cert, args.tls_key)
     if not args.tls:
-        return {}
+        return None
     files = tls.local_certificate()
     tls.trust_in_functions(tls.local_function_trust())
     print(f"HTTPS with the flux local CA: curl --cacert {tls.ensure_ca().cert}", file=sys.stderr)
-    return {"tls": files}
+    return files
 
 
 def tls(args: argparse.Namespace) -> int:
@@ -165,8 +168,8 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         dev=True,
         loop=args.loop,
-        **pool_options(args),
-        **tls_options(args),
+        pool=pool_options(args),
+        tls=tls_options(args),
     )
     return run_server(config)
 

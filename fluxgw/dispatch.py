@@ -3,11 +3,9 @@ and which of a function's response headers may reach the client."""
 
 from __future__ import annotations
 
-import time
 import urllib.parse
-from typing import Any
 
-from .httpio import HOP_BY_HOP, Headers
+from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
 from .runtime.api import Invocation
 from .tracing import new_traceparent
@@ -27,12 +25,14 @@ def build_invocation(
     method: str,
     path: str,
     headers: dict[str, str],
-    scope: dict[str, Any],
+    scope: Scope,
     spec: FunctionSpec,
     body: bytes,
+    now: float,
 ) -> Invocation:
     """The invocation for ``spec``: full URL, filtered headers, a fresh W3C traceparent that
-    continues the caller's trace (if it sent one), and the function's deadline."""
+    continues the caller's trace (if it sent one), and the function's deadline: ``now`` (epoch
+    seconds, the gateway's clock) plus its timeout."""
     traceparent, trace_id = new_traceparent(headers.get("traceparent"))
     query = scope.get("query_string", b"").decode("latin-1")
     host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("localhost", 80)))
@@ -50,7 +50,7 @@ def build_invocation(
         query_string=query,
         headers=tuple(forwarded),
         body=body,
-        deadline=time.time() + spec.timeout,
+        deadline=now + spec.timeout,
         traceparent=traceparent,
         trace_id=trace_id,
     )

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, NamedTuple
 
 import orjson
 
 from .errors import HttpError
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# The ASGI callables' types as the ASGI spec (and httpx's ASGITransport) declare them.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[str, str]]
+JSON = ("content-type", "application/json")
+
+
+class Answer(NamedTuple):
+    """What the gateway sends back: status, headers (lower-case names), body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
 
 MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
 DRAIN_LIMIT = 2 * MAX_BODY  # most bytes of a refused body read (and dropped) before the 413

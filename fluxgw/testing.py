@@ -31,6 +31,7 @@ import httpx
 from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
+from .runtime.options import DEFAULT_POOL, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
 from .tls import CertFiles, FunctionTrust, trust_in_functions, write_bundle
@@ -107,7 +108,7 @@ class FluxTestGateway:
 
     def _reload(self) -> None:
         # Files are tiny; reading them inline keeps the helpers synchronous and immediate.
-        self.gateway._install(self.gateway.loader.load())
+        self.gateway.install(self.gateway.loader.load())
 
 
 @asynccontextmanager
@@ -118,7 +119,7 @@ async def open_gateway(
     clock: FakeClock | None = None,
     in_process: bool = False,
     tracing: bool = True,
-    max_workers: int = 4,
+    max_workers: int = DEFAULT_POOL.max_workers,
     tls: bool = False,
 ) -> AsyncIterator[FluxTestGateway]:
     """Start a gateway for a copy of ``project_dir`` (its functions/ folder).
@@ -147,7 +148,7 @@ async def open_gateway(
         deploy(state)
         gateway = Gateway(
             state,
-            GatewayOptions(clock=clock, tracing=tracing, max_workers=max_workers, prewarm=False),
+            GatewayOptions(clock=clock, tracing=tracing, pool=PoolOptions(max_workers=max_workers)),
         )
         gateway.load()
         async with anyio.create_task_group() as tasks:
