@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,11 @@ def _h1(label: str, url: str, key: str | None, seconds: float) -> WrkResult:
         f"non-2xx {result.non_2xx}  socket errors {result.socket_errors}"
     )
     return result
+
+
+def section(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
+    """scripts/bench's section "tls": summary rows [figure, measured, target, met?]."""
+    return summary_rows(measure(s.quick))
 
 
 def summary_rows(results: dict[str, Any]) -> list[list[str]]:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,63 @@ def test_testing_page_examples_pass(tmp_path: Path) -> None:
     result = shell(command, project, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
+
+
+def normalise_terminal(text: str, project: str, port: str) -> list[str]:
+    """A `flux dev` terminal with what changes from run to run made constant: times, request
+    ids, durations, the project folder, the port, the deployment version, warm/cold."""
+    text = text.replace(project, "/home/ada/shop").replace(f"127.0.0.1:{port}", "127.0.0.1:4000")
+    text = re.sub(r"(?m)^\d\d:\d\d:\d\d\.\d{3}  [0-9a-f]{8}  ", "HH:MM:SS.mmm  ID  ", text)
+    text = re.sub(r"\d+(\.\d+)? (ms|s)\b", "N ms", text)
+    text = re.sub(r"version \d+", "version N", text)
+    text = re.sub(r"Dashboard: http://127.0.0.1:\d+/login\?token=\S+", "Dashboard: URL", text)
+    text = re.sub(r" (warm|cold)$", " warm", text, flags=re.M)
+    return text.splitlines()
+
+
+def test_readme_shows_the_flux_dev_terminal_as_it_is(tmp_path: Path) -> None:
+    (shown,) = blocks(ROOT / "README.md", "text", "Tutorial")
+    project = tmp_path / "shop"
+    flux(None, "init", str(project))
+    key = flux(project, "api-keys", "create", "--name", "laptop").stdout.strip()
+    port = str(free_port())
+    process = subprocess.Popen(
+        [str(Path(VENV_BIN) / "flux"), "--project", str(project), "dev", "--port", port],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while "requests are logged below" not in "".join(lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        auth = {"authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=url, headers=auth, timeout=30) as client:  # as in the tutorial
+            assert client.get("/hello/python", params={"name": "Ada"}).status_code == 200
+            assert client.post("/hello/node", json={"name": "Bob"}).status_code == 200
+            assert client.get("/hello/deno", params={"name": "Eve"}).status_code == 200
+        while "greeting Eve" not in "".join(lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        reader.join(timeout=5)
+    real = normalise_terminal("".join(lines), str(project), port)
+    expected = normalise_terminal(shown, "/home/ada/shop", "4000")
+    assert real[: len(expected)] == expected
 
 
 def test_tls_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import flux, key_for, serve, write_function
-from test_browser import CHROMIUM, PageServer, visit
+from conftest import PageServer, flux, key_for, serve, write_function
+from test_browser import CHROMIUM, visit
 
 pytestmark = pytest.mark.e2e
 
