@@ -22,8 +22,9 @@ from typing import Any, TextIO
 import attrs
 import orjson
 
-from .feed import FeedItem, JobEvent, RequestEvent, worker_start
+from .feed import FeedItem, JobEvent, RequestEvent, request_event
 from .runtime.api import LogLine
+from .trace_render import format_time
 from .tracing import TraceRecord
 
 __all__ = [
@@ -219,6 +220,13 @@ def render_json(item: FeedItem) -> str:
     """One JSON object on one line (``--log-format json``, ``flux logs --json``); the output
     lines are bounded like the text form, with ``logs_omitted`` counting the rest."""
     data: dict[str, Any] = item.to_json()
+    if "time" in data:  # shippers want a readable time; the epoch stays as "ts"
+        data = {
+            "type": data.pop("type"),
+            "time": format_time(data["time"]),
+            "ts": data.pop("time"),
+            **data,
+        }
     logs = data.get("logs")
     if isinstance(logs, list) and len(logs) > HEAD_LINES + TAIL_LINES:
         data["logs_omitted"] = len(logs) - HEAD_LINES - TAIL_LINES
@@ -232,13 +240,7 @@ def event_from_trace(trace: TraceRecord) -> RequestEvent:
     gateway: Mapping[str, Any] = next(
         (span.attributes for span in trace.spans if span.name == "gateway"), {}
     )
-    error = gateway.get("error")
-    message = None
-    for span in trace.spans:
-        if span.name == "function" and span.attributes.get("error"):
-            error = error or span.attributes["error"]
-            message = span.attributes.get("message")
-    return RequestEvent(
+    return request_event(
         at=trace.started_at,
         request_id=trace.request_id,
         method=trace.method,
@@ -246,12 +248,10 @@ def event_from_trace(trace: TraceRecord) -> RequestEvent:
         status=trace.status,
         duration_ms=trace.duration_ms,
         function=trace.function,
-        start=worker_start(trace.spans),
         principal=trace.key_name,
-        error=error if isinstance(error, str) else None,
-        message=message if isinstance(message, str) else None,
+        gateway_span={**gateway, "queued": trace.async_state is not None},
+        spans=trace.spans,
         logs=trace.logs,
-        queued=trace.async_state is not None,
     )
 
 

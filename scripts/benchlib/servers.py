@@ -157,11 +157,11 @@ class Server:
 
 
 def ceiling_server(
-    port: int, log_dir: Path, tls: tuple[Path, Path] | None = None, name: str = "ceiling"
+    port: int, log_dir: Path, loop: str = "trio", tls: tuple[Path, Path] | None = None
 ) -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
-    argv = [sys.executable, str(app), str(port), *(str(path) for path in tls or ())]
-    return Server(name, argv, "ceiling ready", log_dir)
+    argv = [sys.executable, str(app), str(port), loop, *(str(path) for path in tls or ())]
+    return Server(f"ceiling-{loop}{'-tls' if tls else ''}", argv, "ceiling ready", log_dir)
 
 
 def gateway_server(
@@ -171,9 +171,10 @@ def gateway_server(
     *,
     tracing: bool = True,
     name: str = "gateway",
+    loop: str = "trio",
     extra: tuple[str, ...] = (),
 ) -> Server:
-    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), *extra]
+    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), "--loop", loop, *extra]
     if not tracing:
         argv.append("--no-tracing")
     return Server(name, argv, "flux: serving", log_dir)

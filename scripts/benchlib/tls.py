@@ -100,7 +100,7 @@ def measure(quick: bool) -> dict[str, Any]:
         h2: dict[str, H2loadResult] = {}
         h1: dict[str, WrkResult] = {}
         port = servers.free_port()
-        with servers.ceiling_server(port, logs, (leaf.cert, leaf.key), "ceiling-tls").start():
+        with servers.ceiling_server(port, logs, tls=(leaf.cert, leaf.key)).start():
             url = f"https://127.0.0.1:{port}/"
             h2["ceiling"] = _h2("bare hypercorn TLS, h2", url, None, requests)
             h1["ceiling"] = _h1("bare hypercorn TLS, http/1.1", url, None, seconds)

@@ -13,13 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import flux
+from conftest import flux, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -146,42 +145,20 @@ def test_readme_shows_the_flux_dev_terminal_as_it_is(tmp_path: Path) -> None:
     project = tmp_path / "shop"
     flux(None, "init", str(project))
     key = flux(project, "api-keys", "create", "--name", "laptop").stdout.strip()
-    port = str(free_port())
-    process = subprocess.Popen(
-        [str(Path(VENV_BIN) / "flux"), "--project", str(project), "dev", "--port", port],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while "requests are logged below" not in "".join(lines):
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
+    with serve(project, command="dev") as gw:
+        deadline = time.monotonic() + 30
         auth = {"authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=url, headers=auth, timeout=30) as client:  # as in the tutorial
+        with httpx.Client(
+            base_url=gw.url, headers=auth, timeout=30
+        ) as client:  # as in the tutorial
             assert client.get("/hello/python", params={"name": "Ada"}).status_code == 200
             assert client.post("/hello/node", json={"name": "Bob"}).status_code == 200
             assert client.get("/hello/deno", params={"name": "Eve"}).status_code == 200
-        while "greeting Eve" not in "".join(lines):
-            assert time.monotonic() < deadline, "".join(lines)
+        while "greeting Eve" not in "".join(gw.output):
+            assert time.monotonic() < deadline, "".join(gw.output)
             time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        reader.join(timeout=5)
-    real = normalise_terminal("".join(lines), str(project), port)
+    port = gw.url.rsplit(":", 1)[1]
+    real = normalise_terminal("".join(gw.output), str(project), port)
     expected = normalise_terminal(shown, "/home/ada/shop", "4000")
     assert real[: len(expected)] == expected
 

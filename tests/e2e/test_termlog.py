@@ -167,27 +167,13 @@ def test_serve_log_format_json_writes_only_json_on_stdout(project: Path) -> None
     write_function(project, "py", PY, route="/py", method="GET")
     flux(project, "deploy")
     key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
-    process = subprocess.Popen(
-        [FLUX, "--project", str(project), "serve", "--port", "0", "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    errors: list[str] = []
-    out: list[str] = []
-    assert process.stdout is not None and process.stderr is not None
-    threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True).start()
-    threading.Thread(target=lambda: out.extend(process.stdout), daemon=True).start()
-    try:
+    serving = ("--project", str(project), "serve", "--port", "0", "--log-format", "json")
+    with running(*serving) as (out, errors):
         wait_until(lambda: "serving" in "".join(errors), 30, "the ready line on stderr")
         url = re.search(r"at (http://\S+)", "".join(errors)).group(1)
         answer = httpx.get(f"{url}/py", headers={"authorization": f"Bearer {key}"})
         httpx.get(f"{url}/py")
         wait_until(lambda: len(out) >= 2, 5, "two JSON lines")
-    finally:
-        kill_group(process)
-        process.wait()
     first, second = (json.loads(line) for line in out[:2])
     assert first["request_id"] == answer.headers["x-request-id"]
     assert (first["status"], first["function"], first["principal"]) == (200, "py", "k")
@@ -197,19 +183,23 @@ def test_serve_log_format_json_writes_only_json_on_stdout(project: Path) -> None
 
 
 @contextlib.contextmanager
-def follow(project: Path, *args: str) -> Iterator[list[str]]:
+def running(*argv: str) -> Iterator[tuple[list[str], list[str]]]:
+    """A `flux` process (its own group) with its stdout and stderr lines collected as they
+    come; killed on the way out."""
     process = subprocess.Popen(
-        [FLUX, "--project", str(project), "logs", "--follow", *args],
+        [FLUX, *argv],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
-    lines: list[str] = []
-    assert process.stdout is not None
-    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    out: list[str] = []
+    errors: list[str] = []
+    assert process.stdout is not None and process.stderr is not None
+    threading.Thread(target=lambda: out.extend(process.stdout), daemon=True).start()
+    threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True).start()
     try:
-        yield lines
+        yield out, errors
     finally:
         kill_group(process)
         process.wait()
@@ -224,7 +214,8 @@ def test_logs_follow_shows_a_new_request_within_a_second(project: Path) -> None:
     with serve(project) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         first = rid(client.get("/py", headers=auth))
         wait_until(lambda: first in flux(project, "logs").stdout, 5, "the first trace")
-        with follow(project, "--function", "py", "-n", "1") as lines:
+        following = ("--project", str(project), "logs", "--follow", "--function", "py", "-n", "1")
+        with running(*following) as (lines, _):
             # the last matching request first: then the follower is known to be running
             wait_until(lambda: first in "".join(lines), 10, "the initial listing")
             other = rid(client.get("/other", headers=auth))

@@ -201,7 +201,8 @@ def test_json_is_one_parseable_line_with_bounded_output():
     assert "\n" not in line
     data = json.loads(line)
     assert data["type"] == "request" and data["status"] == 429
-    assert data["time"] == "2025-11-26T14:03:07.123Z" and data["principal"] == "laptop"
+    assert data["time"] == "2025-11-26T14:03:07.123Z" and data["ts"] == AT
+    assert data["principal"] == "laptop"
     assert len(data["logs"]) == HEAD_LINES + TAIL_LINES
     assert data["logs_omitted"] == 200 - HEAD_LINES - TAIL_LINES
     assert data["logs"][-1]["text"] == "l199"
