@@ -39,6 +39,7 @@ from .httpio import (
     Send,
     answer_lifespan,
     decode_headers,
+    drain_declared_body,
     error_body,
     read_body,
     send_response,
@@ -328,12 +329,17 @@ class Gateway:
         Bounded in time because hypercorn does not report a client that stalls or goes away:
         an unbounded read would hold the connection forever."""
         with anyio.move_on_after(spec.timeout) as reading:
-            body = await read_body(
-                receive,
-                ex.headers.get("content-length"),
-                self.options.max_body,
-                chunked="transfer-encoding" in ex.headers,
-            )
+            try:
+                body = await read_body(
+                    receive,
+                    ex.headers.get("content-length"),
+                    self.options.max_body,
+                    chunked="transfer-encoding" in ex.headers,
+                )
+            except HttpError as refused:
+                if refused.status == 413 and "transfer-encoding" not in ex.headers:
+                    await drain_declared_body(receive, ex.headers.get("content-length"))
+                raise
         if reading.cancelled_caught:
             raise HttpError(
                 408,

@@ -75,8 +75,6 @@ async def read_body(
         except ValueError:
             raise HttpError(400, "bad_request", "Content-Length is not a number") from None
         if declared > limit:
-            if declared <= DRAIN_LIMIT:
-                await _discard(receive, declared)
             raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
@@ -88,21 +86,26 @@ async def read_body(
         if chunk:
             size += len(chunk)
             if size > limit:
-                if message.get("more_body", False):
-                    await _discard(receive, DRAIN_LIMIT - size)
                 raise too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
 
-async def _discard(receive: Receive, budget: int) -> None:
-    """Read and drop up to ``budget`` more bytes of a refused body.
+async def drain_declared_body(receive: Receive, declared_length: str | None) -> None:
+    """Read and drop a body refused from its Content-Length (nothing of it read yet), when it
+    is at most DRAIN_LIMIT bytes (docs/tls.md).
 
     An HTTP/1.1 client that is still sending when the server closes the connection sees a
     write error instead of the 413 (over TLS always: the unread bytes make the close a reset).
-    Taking in a bounded remainder first lets it read the answer; a larger body is cut off.
+    Taking in a bounded body first lets it read the answer; a larger one is cut off.
     """
+    try:
+        budget = int(declared_length or "")
+    except ValueError:
+        return
+    if budget > DRAIN_LIMIT:
+        return
     while budget > 0:
         message = await receive()
         if message["type"] == "http.disconnect":
