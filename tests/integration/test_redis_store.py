@@ -10,6 +10,7 @@ import coredis
 import pytest
 import trio
 
+from fluxgw.store.instances import Instances
 from fluxgw.store.redis_docs import RedisDocuments
 from fluxgw.store.redis_jobs import RedisJobs
 from fluxgw.store.redis_traces import RedisTraces
@@ -118,3 +119,13 @@ async def test_jobs_run_once_per_delivery_and_a_dead_consumer_is_taken_over(redi
         again = await jobs_b.claim("b", count=10, block_ms=100)
         assert [r for _, r in again] == [rid]
         assert (await jobs_a.get(rid)) == {"state": "queued"}
+
+
+async def test_instances_count_the_live_gateways(redis) -> None:
+    clients = [coredis.Redis(host="127.0.0.1", port=redis.port) for _ in range(3)]
+    async with clients[0], clients[1], clients[2]:
+        members = [Instances(c, PREFIX, f"gw{i}") for i, c in enumerate(clients)]
+        counts = [await m.beat() for m in members]
+        assert counts == [1, 2, 3]
+        await members[2].leave()
+        assert await members[0].beat() == 2
