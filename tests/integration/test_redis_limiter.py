@@ -8,15 +8,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import coredis
 import pytest
-import trio
 
 from fluxgw.ratelimit import PLANS, GcraLimiter, Plan
 from fluxgw.store.health import StoreHealth
 from fluxgw.store.redis_limiter import RedisLimiter
 from fluxgw.store.shared_limiter import SharedLimiter, StoreUnavailable, local_share
+from tests.conftest import BOTH_LOOPS
 from tests.redisserver import RedisServer
+
+pytestmark = BOTH_LOOPS
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ async def test_three_clients_admit_exactly_one_burst(redis: RedisServer) -> None
     plan = PLANS["free"]
     clients = [coredis.Redis(host="127.0.0.1", port=redis.port, stream_timeout=5) for _ in range(3)]
     admitted = 0
-    started = trio.current_time()
+    started = anyio.current_time()
 
     async def one(limiter: RedisLimiter) -> None:
         nonlocal admitted
@@ -63,10 +66,10 @@ async def test_three_clients_admit_exactly_one_burst(redis: RedisServer) -> None
 
     async with clients[0], clients[1], clients[2]:
         limiters = [RedisLimiter(c, "flux:t:") for c in clients]
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(300):
                 nursery.start_soon(one, limiters[i % 3])
-    elapsed = trio.current_time() - started
+    elapsed = anyio.current_time() - started
     # 120 at once, plus at most one per second of refill while the test ran
     assert 120 <= admitted <= 120 + int(elapsed) + 1
 
@@ -96,7 +99,7 @@ async def test_outage_local_fallback_then_recovery(redis: RedisServer, caplog) -
     )
     plan = PLANS["free"]
     async with client:
-        health = StoreHealth(trio.current_time, probe_interval=0.5)
+        health = StoreHealth(anyio.current_time, probe_interval=0.5)
         shared = SharedLimiter(
             RedisLimiter(client, "flux:t:"),
             clock=time.time,
@@ -110,10 +113,10 @@ async def test_outage_local_fallback_then_recovery(redis: RedisServer, caplog) -
         # the local share is half the plan: 60 at once for this instance
         assert sum(d.allowed for d in answers) == 60
         redis.start()
-        with trio.fail_after(2):
+        with anyio.fail_after(2):
             while not health.up:
                 await shared.check("k", plan)
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
     lines = [r.getMessage() for r in caplog.records if r.name == "fluxgw.store"]
     assert sum("unreachable" in line for line in lines) == 1
     assert sum("reachable again" in line for line in lines) == 1

@@ -6,15 +6,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import coredis
 import pytest
-import trio
 
 from fluxgw.store.instances import Instances
 from fluxgw.store.redis_docs import RedisDocuments
 from fluxgw.store.redis_jobs import RedisJobs
 from fluxgw.store.redis_traces import RedisTraces
+from tests.conftest import BOTH_LOOPS
 from tests.redisserver import RedisServer
+
+pytestmark = BOTH_LOOPS
 
 PREFIX = "flux:p1:"
 
@@ -39,7 +42,7 @@ async def test_document_updates_are_compare_and_set_and_announced(client) -> Non
     assert await docs.read("keys") == (0, None)
     async with client.pubsub(channels=[docs.channel], ignore_subscribe_messages=True) as sub:
         await docs.update("keys", lambda old: b"[1]")
-        with trio.fail_after(2):
+        with anyio.fail_after(2):
             async for message in sub:
                 assert message["data"] in (b"keys:1", "keys:1")
                 break
@@ -62,7 +65,7 @@ async def test_concurrent_updates_lose_nothing(redis: RedisServer) -> None:
 
     async with clients[0], clients[1], clients[2], clients[3]:
         docs = [RedisDocuments(c, PREFIX) for c in clients]
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i in range(40):
                 nursery.start_soon(docs[i % 4].update, "keys", append(i))
         _, final = await docs[0].read("keys")
@@ -105,17 +108,17 @@ async def test_jobs_run_once_per_delivery_and_a_dead_consumer_is_taken_over(redi
             await jobs_b.ack(entry)
         # "a" dies holding two entries: after takeover_after, b claims them
         assert await jobs_b.take_over("b") == []
-        with trio.fail_after(3):
+        with anyio.fail_after(3):
             while not (taken := await jobs_b.take_over("b")):
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         assert sorted(r for _, r in taken) == sorted(r for _, r in got_a)
         # a retry waits in the delayed set until due, then is delivered again
         entry, rid = taken[0]
         await jobs_b.defer(entry, rid, due_at=time.time() + 0.2)
         assert await jobs_b.promote_due(time.time()) == 0
-        with trio.fail_after(3):
+        with anyio.fail_after(3):
             while not await jobs_b.promote_due(time.time()):
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         again = await jobs_b.claim("b", count=10, block_ms=100)
         assert [r for _, r in again] == [rid]
         assert (await jobs_a.get(rid)) == {"state": "queued"}
