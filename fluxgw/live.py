@@ -17,7 +17,7 @@ from .keys import KeyStore, KeyStoreError
 from .ratelimit import PLANS, Plan
 from .routing import RouteTable
 from .settings import ProjectSettings, load_settings
-from .state import Fingerprint, StateDir, fingerprint
+from .state import Fingerprint, StateDir
 
 
 @attrs.frozen
@@ -47,9 +47,9 @@ class LiveLoader:
 
     def fingerprints(self) -> Fingerprints:
         return Fingerprints(
-            settings=fingerprint(self.state.settings_file),
-            keys=fingerprint(self.state.keys_file),
-            deployment=fingerprint(self.state.deployment_file),
+            settings=self.state.fingerprint(self.state.settings_file),
+            keys=self.state.fingerprint(self.state.keys_file),
+            deployment=self.state.fingerprint(self.state.deployment_file),
         )
 
     def changed(self) -> bool:

@@ -7,6 +7,7 @@ file itself always stays in ``.flux/`` because it says where everything else is.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from ..state import StateDir
 Fallback = Literal["local", "closed"]
 FALLBACKS: tuple[Fallback, ...] = ("local", "closed")
 STORE_FILE = "store.json"
+NAMESPACE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 @attrs.frozen
@@ -38,13 +40,20 @@ class RedisAddress:
 class StoreConfig:
     redis: RedisAddress | None = None  # None: the files store
     fallback: Fallback = "local"
+    # Redis keys of this project start with flux:<namespace>: (the project id when it moved
+    # to Redis), so several projects can share one Redis database.
+    namespace: str = "default"
+
+    @property
+    def prefix(self) -> str:
+        return f"flux:{self.namespace}:"
 
     @property
     def kind(self) -> str:
         return "files" if self.redis is None else "redis"
 
     def to_json(self, url: str | None) -> dict[str, Any]:
-        return {"url": url, "fallback": self.fallback}
+        return {"url": url, "fallback": self.fallback, "namespace": self.namespace}
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -76,13 +85,16 @@ def load_store_config(state: StateDir) -> StoreConfig:
     if not isinstance(data, dict):
         raise StateError(str(path), "must be a JSON object; left untouched")
     url, fallback = data.get("url"), data.get("fallback", "local")
+    namespace = data.get("namespace", "default")
     if fallback not in FALLBACKS:
         raise StateError(str(path), f"fallback must be 'local' or 'closed', not {fallback!r:.40}")
+    if not isinstance(namespace, str) or not NAMESPACE.fullmatch(namespace):
+        raise StateError(str(path), "namespace must be 1-64 letters, digits, '_' or '-'")
     if url is None:
         return StoreConfig(fallback=fallback)
     if not isinstance(url, str):
         raise StateError(str(path), "url must be a string")
     try:
-        return StoreConfig(parse_redis_url(url), fallback)
+        return StoreConfig(parse_redis_url(url), fallback, namespace)
     except FluxError as exc:
         raise StateError(str(path), f"url: {exc}") from None
