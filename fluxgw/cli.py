@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
+    update.add_argument(
+        "--store",
+        metavar="redis://HOST:PORT/DB|files",
+        help="move keys, settings and limits to this store (docs/redis.md)",
+    )
+    update.add_argument(
+        "--store-fallback",
+        choices=("local", "closed"),
+        help="while Redis is unreachable: limit locally (default) or answer 503",
+    )
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")
 

@@ -16,6 +16,7 @@ from .keyfile import create_key, load_records, load_usage, revoke_key
 from .ratelimit import PLANS
 from .settings import load_settings, update_settings
 from .state import StateDir
+from .store.config import load_store_config
 
 TEMPLATE = Path(__file__).parent / "templates" / "init"
 
@@ -194,8 +195,13 @@ def _check_functions_exist(state: StateDir, names: list[str]) -> None:
 def project(project_dir: Path, args: argparse.Namespace) -> int:
     state = StateDir(project_dir)
     if args.project_command == "update":
-        if args.plan is None and args.cors_origins is None:
-            raise FluxError("nothing to update: pass --plan and/or --cors-origin")
+        moving = args.store is not None or args.store_fallback is not None
+        if args.plan is None and args.cors_origins is None and not moving:
+            raise FluxError("nothing to update: pass --plan, --cors-origin or --store")
+        if moving:
+            from .store.migrate import set_store
+
+            set_store(state, args.store or _current_store_url(state), args.store_fallback)
         settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
     else:
         settings = load_settings(state, create=True)
@@ -205,13 +211,34 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
             {
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+                "store": _store_json(state),
             }
         )
         return 0
     print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
     origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"
     print(f"cors origins: {origins}")
+    store = load_store_config(state)
+    where = "files (.flux/)" if store.redis is None else store.redis.display
+    extra = "" if store.redis is None else f" (fallback: {store.fallback})"
+    print(f"store:       {where}{extra}")
     return 0
+
+
+def _store_json(state: StateDir) -> dict[str, Any]:
+    store = load_store_config(state)
+    if store.redis is None:
+        return {"kind": "files"}
+    return {"kind": "redis", "url": store.redis.display, "fallback": store.fallback}
+
+
+def _current_store_url(state: StateDir) -> str:
+    """`--store-fallback` alone keeps the store the project is on."""
+    store = load_store_config(state)
+    if store.redis is None:
+        raise FluxError("--store-fallback applies to the Redis store: pass --store redis://...")
+    data = state.read_json(state.root / "store.json")
+    return str(data["url"])
 
 
 def trace(project_dir: Path, args: argparse.Namespace) -> int:

@@ -135,6 +135,10 @@ class StateDir:
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
+    def reset_store(self) -> None:
+        """Forget which store holds the shared documents (after `--store` switched it)."""
+        self.documents = _UNSET
+
     def fingerprint(self, path: Path) -> Fingerprint:
         """:func:`fingerprint` of a state file, or the version of a shared document."""
         shared = self._shared(path)
