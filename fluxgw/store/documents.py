@@ -16,15 +16,19 @@ Two implementations of one small interface:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
+
+from .redis_docs import RedisDocuments
 
 if TYPE_CHECKING:
     from ..state import StateDir
     from .config import RedisAddress
 
 COMMAND_BUDGET = 5.0  # s for one command's Redis call
+T = TypeVar("T")
 
 
 class Documents(Protocol):
@@ -41,12 +45,10 @@ class RedisCommandDocuments:
         self.prefix = prefix
         self.label = address.display
 
-    def _run(self, operation):  # type: ignore[no-untyped-def]
+    def _run(self, operation: Callable[[RedisDocuments], Awaitable[T]]) -> T:
         import coredis
 
-        from .redis_docs import RedisDocuments
-
-        async def call():  # type: ignore[no-untyped-def]
+        async def call() -> T:
             client = coredis.Redis(
                 host=self.address.host,
                 port=self.address.port,
@@ -69,12 +71,10 @@ class RedisCommandDocuments:
             ) from None
 
     def read(self, name: str) -> tuple[int, bytes | None]:
-        return self._run(lambda docs: docs.read(name))  # type: ignore[no-any-return]
+        return self._run(lambda docs: docs.read(name))
 
     def write(self, name: str, payload: bytes, *, expected: int) -> int:
-        return self._run(  # type: ignore[no-any-return]
-            lambda docs: docs.write(name, payload, expected=expected)
-        )
+        return self._run(lambda docs: docs.write(name, payload, expected=expected))
 
 
 class CachedDocuments:
