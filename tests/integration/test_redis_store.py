@@ -14,6 +14,13 @@ from fluxgw.store.instances import Instances
 from fluxgw.store.redis_docs import RedisDocuments
 from fluxgw.store.redis_jobs import RedisJobs
 from fluxgw.store.redis_traces import RedisTraces
+from fluxgw.tracing import (
+    AmbiguousPrefix,
+    TraceNotFound,
+    TracePrefixTooShort,
+    TraceRecord,
+    trace_to_json,
+)
 from tests.conftest import BOTH_LOOPS
 from tests.redisserver import RedisServer
 
@@ -74,20 +81,29 @@ async def test_concurrent_updates_lose_nothing(redis: RedisServer) -> None:
 
 
 def trace(rid: str, started: float) -> dict[str, object]:
-    return {"request_id": rid, "started_at": started, "status": 200, "spans": []}
+    record = TraceRecord(rid, started, "GET", "/x", 200, 1.5, "t" * 32, spans=[], logs=[])
+    return trace_to_json(record)
 
 
 async def test_traces_by_id_prefix_and_last_with_a_count_cap(client) -> None:
     traces = RedisTraces(client, PREFIX, max_traces=5)
     now = time.time()
-    await traces.put_many(trace(f"{i:02d}aa{'0' * 28}", now + i) for i in range(8))
-    last = await traces.last(10)
-    assert [t["request_id"][:2] for t in last] == ["07", "06", "05", "04", "03"]
-    assert await traces.get("00aa" + "0" * 28) is None  # trimmed, record deleted too
-    assert await traces.ids_with_prefix("05a") == ["05aa" + "0" * 28]
-    assert await traces.ids_with_prefix("02") == []
-    await traces.update("07aa" + "0" * 28, {"async_state": "succeeded"})
-    assert (await traces.get("07aa" + "0" * 28))["async_state"] == "succeeded"
+    ids = [f"{i:02d}aa{'0' * 28}" for i in range(8)]
+    await traces.write([trace(rid, now + i) for i, rid in enumerate(ids)], [])
+    assert [t.request_id[:2] for t in await traces.last(10)] == ["07", "06", "05", "04", "03"]
+    with pytest.raises(TraceNotFound):
+        await traces.get(ids[0])  # trimmed, record deleted too
+    assert (await traces.get("05aa00")).request_id == ids[5]
+    with pytest.raises(TracePrefixTooShort):
+        await traces.get("05aa0")
+    await traces.write([trace(f"abcdef{i}" + "0" * 26, now + 100) for i in (1, 2)], [])
+    with pytest.raises(AmbiguousPrefix):
+        await traces.get("abcdef")
+    line = {"stream": "stdout", "text": "hi", "timestamp": now}
+    event = {"state": "succeeded", "spans": [], "logs": [line]}
+    await traces.write([], [(ids[7], event)])
+    got = await traces.get(ids[7])
+    assert got.async_state == "succeeded" and [line.text for line in got.logs] == ["hi"]
 
 
 async def test_jobs_run_once_per_delivery_and_a_dead_consumer_is_taken_over(redis) -> None:
