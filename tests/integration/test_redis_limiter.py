@@ -11,13 +11,13 @@ from pathlib import Path
 import anyio
 import coredis
 import pytest
+from conftest import BOTH_LOOPS
+from redisserver import RedisServer
 
 from fluxgw.ratelimit import PLANS, GcraLimiter, Plan
 from fluxgw.store.health import StoreHealth
 from fluxgw.store.redis_limiter import RedisLimiter
 from fluxgw.store.shared_limiter import SharedLimiter, StoreUnavailable, local_share
-from tests.conftest import BOTH_LOOPS
-from tests.redisserver import RedisServer
 
 pytestmark = BOTH_LOOPS
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import anyio
 import coredis
 import pytest
+from conftest import BOTH_LOOPS
+from redisserver import RedisServer
 
 from fluxgw.store.instances import Instances
 from fluxgw.store.redis_docs import RedisDocuments
@@ -21,8 +23,6 @@ from fluxgw.tracing import (
     TraceRecord,
     trace_to_json,
 )
-from tests.conftest import BOTH_LOOPS
-from tests.redisserver import RedisServer
 
 pytestmark = BOTH_LOOPS
 
