@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _pool_arguments(serve)
 
     routes = commands.add_parser("routes", help="show the routing table")

@@ -93,12 +93,15 @@ def routes(project_dir: Path, args: argparse.Namespace) -> int:
 def serve(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
+    if args.workers != 1:
+        return _serve_workers(project_dir, args)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
         loop=args.loop,
+        reuse_port=args.reuse_port,
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -108,6 +111,26 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return run_server(config)
+
+
+def _serve_workers(project_dir: Path, args: argparse.Namespace) -> int:
+    """`flux serve --workers N`: N processes on one port, sharing the Redis store."""
+    from .multiserve import run_workers
+
+    if args.workers < 1:
+        raise FluxError("--workers must be at least 1")
+    if load_store_config(StateDir(project_dir)).redis is None:
+        raise FluxError(
+            "--workers needs the Redis store: with files, limits, the queue and key usage "
+            "have one owner per folder (flux project update --store redis://HOST:PORT/DB)"
+        )
+    pool_options(args)  # validated before any process starts
+    child = ["--project", str(project_dir), "serve", "--host", args.host, "--loop", args.loop]
+    child += ["--max-workers", str(args.max_workers), "--min-workers", str(args.min_workers)]
+    child += ["--idle-timeout", str(args.idle_timeout)]
+    child += ["--prewarm"] if args.prewarm else []
+    child += ["--no-tracing"] if args.no_tracing else []
+    return run_workers(child, args.host, args.port, args.workers, project_dir)
 
 
 def pool_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,7 +270,12 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     from .tracing import AmbiguousPrefix, TraceNotFound
 
     state = StateDir(project_dir)
-    store = TraceStore(state.traces_db)
+    shared = load_store_config(state)
+    store: Any = TraceStore(state.traces_db)
+    if shared.redis is not None:  # traces of every instance (docs/redis.md)
+        from .store.redis_traces import RedisTraceReader
+
+        store = RedisTraceReader(shared)
     if args.last is not None:
         records = store.last(args.last)
         if args.json:

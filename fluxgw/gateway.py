@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -38,10 +38,12 @@ from .jobs import job_to_json
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .queue import JobQueue, UnknownFunction
-from .ratelimit import GcraLimiter, policy_header, ratelimit_header
+from .ratelimit import Decision, GcraLimiter, Plan, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.pool import PoolManager
 from .state import StateDir
+from .store import open_store
+from .store.shared_limiter import StoreUnavailable
 from .tracestore import TraceStore
 from .tracing import (
     Span,
@@ -50,6 +52,9 @@ from .tracing import (
     new_request_id,
     parse_traceparent,
 )
+
+if TYPE_CHECKING:
+    from .store.redis_traces import RedisTraceStore
 
 log = logging.getLogger("fluxgw.gateway")
 
@@ -107,7 +112,14 @@ class Gateway:
             idle_timeout=self.options.idle_timeout,
         )
         self.loader = LiveLoader(state)
-        self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
+        # The shared store (docs/redis.md): None for the files store, the default.
+        self.store = open_store(state, clock=self.clock, tracing=self.options.tracing)
+        self.traces: TraceStore | RedisTraceStore  # same interface, per store
+        if self.store is not None:
+            state.documents = self.store.cache  # keys and settings come from Redis
+            self.traces = self.store.traces
+        else:
+            self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
@@ -119,6 +131,10 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
+        if self.store is not None:
+            self.store.prime()  # the shared keys and settings, before the first request
+            self._live = self.loader.load()
+            return  # limiter state lives in Redis
         self._live = self.loader.load()
         saved = self.state.read_json(self.state.ratelimit_file, default={})
         if isinstance(saved, dict):
@@ -152,7 +168,8 @@ class Gateway:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
                 self.install(self._live)
-                await tasks.start(self.traces.run)
+                # The Redis store's task runs its own trace writer.
+                await tasks.start(self.store.run if self.store else self.traces.run)
                 await tasks.start(self._reload_loop)
                 await tasks.start(self._save_loop)
                 await tasks.start(self._run_queue)
@@ -280,7 +297,10 @@ class Gateway:
         self.key_usage[record.key_hash] = time.time()
 
         # 2. rate limit, per key, against the project's plan
-        decision = self.limiter.check(record.key_hash, live.plan)
+        if self.store is None:
+            decision = self.limiter.check(record.key_hash, live.plan)
+        else:
+            decision = await self._shared_admit(record.key_hash, live.plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(live.plan)),
@@ -372,11 +392,28 @@ class Gateway:
         ex.span["preflight"] = decision
         return 204, headers, b""
 
+    async def _shared_admit(self, bucket: str, plan: Plan) -> Decision:
+        """The Redis store's limiter; ``closed`` fallback during an outage: 503."""
+        assert self.store is not None
+        try:
+            return await self.store.limiter.check(bucket, plan)
+        except StoreUnavailable:
+            self.metrics.count_store_unavailable()
+            raise HttpError(
+                503,
+                "store_unavailable",
+                "the shared store is unreachable and this project refuses requests meanwhile "
+                "(store fallback: closed); retry shortly",
+                [("retry-after", "1")],
+            ) from None
+
     def _health(self, live: LiveState) -> tuple[int, Headers, bytes]:
+        store = self.store.health_json() if self.store else {"kind": "files", "status": "ok"}
         payload = {
             "status": "ok",
             "deployment": live.deployment.version,
             "functions": len(live.deployment.functions),
+            "store": store,
         }
         return 200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload)
 
@@ -395,6 +432,7 @@ class Gateway:
                 queue_depth=self.queue.depth(),
                 trace_backlog=self.traces.backlog,
                 trace_dropped=self.traces.dropped,
+                store=self.store.metrics() if self.store else None,
             )
             return (
                 200,

@@ -14,7 +14,6 @@ the others keep serving.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -22,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 READY = re.compile(r"serving .* at (\S+)")
 
@@ -40,7 +40,9 @@ def child_command(child_args: Sequence[str], port: int) -> list[str]:
     return [sys.executable, "-m", "fluxgw", *child_args, "--port", str(port), "--reuse-port"]
 
 
-def run_workers(child_args: Sequence[str], host: str, port: int, workers: int) -> int:
+def run_workers(
+    child_args: Sequence[str], host: str, port: int, workers: int, project_dir: Path
+) -> int:
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
     children = [
@@ -88,7 +90,7 @@ def run_workers(child_args: Sequence[str], host: str, port: int, workers: int) -
         reserved.close()  # every child listens now; the reservation has done its job
         if urls:
             print(
-                f"Flux gateway serving {os.getcwd()} at {urls[0]} ({len(urls)} of {workers} "
+                f"Flux gateway serving {project_dir} at {urls[0]} ({len(urls)} of {workers} "
                 "workers, one port)",
                 flush=True,
             )

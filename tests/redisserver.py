@@ -68,9 +68,14 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer PING in time")
 
     def stop(self) -> None:
+        """A clean shutdown (SIGTERM: Redis saves its data, and a restart loads it)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
         self.process = None
 
 

@@ -99,6 +99,7 @@ class RedisBackend:
         )
         self._traces = RedisTraces(self.client, config.prefix)
         self._connected = False
+        self._lost: set[str] = set()
         self.traces = RedisTraceStore(
             lambda: self._traces if self._connected else None, enabled=tracing, clock=clock
         )
@@ -136,8 +137,25 @@ class RedisBackend:
         """Re-read every document whose version moved (one round trip when none did)."""
         versions = await self.documents.versions()
         for name in SHARED_DOCUMENTS:
-            if versions.get(name, 0) != self.cache.version(name):
-                self.cache.documents[name] = await self.documents.read(name)
+            if versions.get(name, 0) == self.cache.version(name):
+                continue
+            version, payload = await self.documents.read(name)
+            if payload is None and self.cache.read(name)[1] is not None:
+                # Redis lost the document (restarted without persistence, flushed): keep
+                # serving the last known keys rather than refusing every caller.
+                # Version 0 (what Redis now says), so the next write there, at version 1,
+                # is seen as a change even if the lost copy also had version 1.
+                self.cache.documents[name] = (0, self.cache.read(name)[1])
+                if name not in self._lost:
+                    self._lost.add(name)
+                    log.warning(
+                        "the shared store no longer holds %s; keeping the last known copy "
+                        "(write it again with the flux command)",
+                        name,
+                    )
+                continue
+            self._lost.discard(name)
+            self.cache.documents[name] = (version, payload)
 
     async def _listen(self) -> None:
         """Change notices: refresh at once. coredis reconnects by itself after a failure."""
@@ -173,6 +191,10 @@ class RedisBackend:
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
             await anyio.sleep(HEARTBEAT)
+
+    def metrics(self) -> dict[str, int]:
+        health = self.health
+        return {"up": int(health.up), "outages": health.outages, "failures": health.failures}
 
     def health_json(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -41,6 +41,7 @@ from ..tracing import (
     queue_event_trace,
     trace_to_json,
 )
+from .config import StoreConfig
 
 log = logging.getLogger("fluxgw.store")
 
@@ -271,3 +272,40 @@ def _text(value: Any) -> str:
 
 
 __all__ = ["RedisTraceStore", "RedisTraces"]
+
+
+class RedisTraceReader:
+    """``get``/``last`` for `flux trace` (synchronous): one short connection per call."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        assert config.redis is not None
+        self.config = config
+
+    def _run(self, operation: Callable[[RedisTraces], Awaitable[T]]) -> T:
+        import coredis
+
+        address = self.config.redis
+        assert address is not None
+
+        async def call() -> T:
+            client = coredis.Redis(
+                host=address.host,
+                port=address.port,
+                db=address.db,
+                password=address.password,
+                connect_timeout=5,
+                stream_timeout=5,
+            )
+            async with client:
+                return await operation(RedisTraces(client, self.config.prefix))
+
+        try:
+            return anyio.run(call)
+        except BaseExceptionGroup as group:  # raised inside the client's task group
+            raise group.exceptions[0] from None
+
+    def get(self, id_or_prefix: str) -> TraceRecord:
+        return self._run(lambda traces: traces.get(id_or_prefix))
+
+    def last(self, n: int) -> list[TraceRecord]:
+        return self._run(lambda traces: traces.last(n))
