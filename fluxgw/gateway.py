@@ -54,6 +54,7 @@ from .tracing import (
 )
 
 if TYPE_CHECKING:
+    from .store.redis_queue import RedisJobQueue
     from .store.redis_traces import RedisTraceStore
 
 log = logging.getLogger("fluxgw.gateway")
@@ -120,7 +121,8 @@ class Gateway:
             self.traces = self.store.traces
         else:
             self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
-        self.queue = JobQueue(state.queue_db)
+        self.queue: JobQueue | RedisJobQueue  # same interface, per store
+        self.queue = self.store.queue if self.store else JobQueue(state.queue_db)
         self.metrics = Metrics()
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
@@ -442,7 +444,7 @@ class Gateway:
         prefix = "/_flux/invocations/"
         if ex.path.startswith(prefix):
             request_id = ex.path[len(prefix) :]
-            job = await anyio.to_thread.run_sync(self.queue.get, request_id)
+            job = await self.queue.fetch(request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return 200, [JSON], orjson.dumps(job_to_json(job))

@@ -380,12 +380,8 @@ class JobQueue:
         )
 
     def backoff(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failure: ``base * 2**(attempts-1)``,
-        capped at ``backoff_max``, then scaled by a random factor in [0.5, 1] so jobs that
-        failed together do not all retry in the same instant."""
-        exponent = min(attempts - 1, 62)  # keep 2**n finite before the cap applies
-        delay = min(self.backoff_max, self.backoff_base * math.pow(2, exponent))
-        return delay * (0.5 + 0.5 * self._rng.random())
+        """Seconds to wait after the ``attempts``-th failure (:func:`backoff_delay`)."""
+        return backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng.random())
 
     # -- sqlite, in worker threads --------------------------------------------------------
 
@@ -454,6 +450,15 @@ class JobQueue:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def backoff_delay(attempts: int, base: float, cap: float, jitter: float) -> float:
+    """Seconds to wait after the ``attempts``-th failure: ``base * 2**(attempts-1)``, capped at
+    ``cap``, then scaled by ``0.5 + 0.5 * jitter`` (``jitter`` uniform in [0, 1)) so jobs that
+    failed together do not all retry in the same instant. Both queues use this rule."""
+    exponent = min(attempts - 1, 62)  # keep 2**n finite before the cap applies
+    delay = min(cap, base * math.pow(2, exponent))
+    return delay * (0.5 + 0.5 * jitter)
 
 
 def _about(job: Job, at: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ loads the gateway's state), so the first request already sees the shared keys.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -35,10 +36,13 @@ from .instances import HEARTBEAT, Instances
 from .redis_docs import RedisDocuments
 from .redis_jobs import RedisJobs
 from .redis_limiter import RedisLimiter
+from .redis_queue import RedisJobQueue
 from .redis_traces import RedisTraces, RedisTraceStore
 from .shared_limiter import SharedLimiter
 
 log = logging.getLogger("fluxgw.store")
+# coredis reports each retry at INFO; the store's own outage lines say what matters, once.
+logging.getLogger("coredis").setLevel(logging.WARNING)
 
 SHARED_DOCUMENTS = ("keys.json", "project.json")
 RESYNC_INTERVAL = 1.0  # s: the bound on how long a missed change notice can matter
@@ -71,6 +75,7 @@ class RedisBackend:
         instance_id: str | None = None,
     ) -> None:
         import coredis
+        from coredis.retry import NoRetryPolicy
 
         assert config.redis is not None
         self.config = config
@@ -85,6 +90,9 @@ class RedisBackend:
             password=address.password,
             connect_timeout=CALL_TIMEOUT,
             stream_timeout=CALL_TIMEOUT,
+            # No silent retries: each caller has its own budget, and a failure must reach
+            # the store's health (fallback, log, metrics) at once.
+            retry_policy=NoRetryPolicy(),
         )
         self.health = StoreHealth(time.monotonic)
         self.cache = WritingCache(config)
@@ -104,6 +112,7 @@ class RedisBackend:
             lambda: self._traces if self._connected else None, enabled=tracing, clock=clock
         )
         self.jobs = RedisJobs(self.client, config.prefix)
+        self.queue = RedisJobQueue(self.jobs, self.instance_id, clock=clock)
 
     # -- before serving (blocking, from a thread) -------------------------------------------
     def prime(self) -> None:
@@ -130,8 +139,8 @@ class RedisBackend:
                     task_status.started()
             finally:
                 self._connected = False
-                with anyio.move_on_after(1, shield=True):
-                    await self.instances.leave()
+                with anyio.move_on_after(1, shield=True), contextlib.suppress(Exception):
+                    await self.instances.leave()  # best effort: others also age it out
 
     async def refresh(self) -> None:
         """Re-read every document whose version moved (one round trip when none did)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,45 @@ def test_files_store_still_allows_one_gateway_and_refuses_workers(project: Path)
     refused = flux(project, "serve", "--port", "0", "--workers", "2", check=False)
     assert refused.returncode == 1
     assert "Redis" in refused.stderr and "\n" not in refused.stderr.strip()
+
+
+JOB = """
+import time
+def handler(request, ctx):
+    time.sleep(2)
+    return {"done": ctx.request_id}
+"""
+
+
+def test_jobs_of_a_killed_instance_are_taken_over(shared: Path) -> None:
+    write_function(shared, "job", JOB, route="/job", **{"async": True})
+    flux(shared, "deploy")
+    flux(shared, "project", "update", "--plan", "team")
+    key = key_for(shared)
+    with serve(shared) as a:
+        queued = []
+        for _ in range(20):
+            r = httpx.post(f"{a.url}/job", headers=bearer(key), timeout=30)
+            assert r.status_code == 202, r.text
+            queued.append(r.headers["x-request-id"])
+
+        def states(url: str) -> list[str]:
+            return [
+                httpx.get(f"{url}/_flux/invocations/{rid}", headers=bearer(key)).json()["status"]
+                for rid in queued
+            ]
+
+        # A alone has taken jobs (up to its dispatcher's 4 at once) and runs them...
+        deadline = time.monotonic() + 20
+        while "running" not in states(a.url):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with instances(shared, 2) as (b, c):
+            # ...when it is killed: no clean stop, nothing handed back by A
+            a.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            while (now := states(b.url)) != ["succeeded"] * 20:
+                assert "failed" not in now, now
+                assert time.monotonic() - killed_at < 60, now
+                time.sleep(0.2)
+            assert states(c.url) == ["succeeded"] * 20
