@@ -46,7 +46,7 @@ logging.getLogger("coredis").setLevel(logging.WARNING)
 
 SHARED_DOCUMENTS = ("keys.json", "project.json")
 RESYNC_INTERVAL = 1.0  # s: the bound on how long a missed change notice can matter
-CALL_TIMEOUT = 0.5  # s: coredis' own socket timeouts (the limiter's budget is tighter)
+CALL_TIMEOUT = 1.0  # s: coredis' own socket timeouts, as the limiter's budget
 
 
 class WritingCache(CachedDocuments):

@@ -15,7 +15,12 @@ import pytest
 from conftest import RunningGateway, bearer, flux, key_for, serve, write_function
 from redisserver import RedisServer
 
-HELLO = "def handler(request, ctx):\n    print('served', ctx.request_id)\n    return {'ok': True}\n"
+HELLO = """
+import os
+def handler(request, ctx):
+    print("served", ctx.request_id)
+    return {"ok": True, "pid": os.getppid()}
+"""
 
 
 @pytest.fixture
@@ -174,3 +179,34 @@ def test_jobs_of_a_killed_instance_are_taken_over(shared: Path) -> None:
                 assert time.monotonic() - killed_at < 60, now
                 time.sleep(0.2)
             assert states(c.url) == ["succeeded"] * 20
+
+
+async def test_workers_serve_one_port_and_share_the_limit(shared: Path) -> None:
+    key = key_for(shared)
+    with serve(shared, "--workers", "2") as gw:
+        assert "2 of 2 workers" in "".join(gw.output)
+        # no keep-alive: every request is a new connection, spread by the kernel
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60, limits=limits) as client:
+            started = time.monotonic()
+            pids = {(await client.get("/hello", headers=bearer(key))).json()["pid"]}
+            for _ in range(30):
+                pids.add((await client.get("/hello", headers=bearer(key))).json()["pid"])
+            assert len(pids) == 2  # both processes served
+
+            statuses: list[int] = []
+
+            async def one() -> None:
+                statuses.append((await client.get("/nope", headers=bearer(key))).status_code)
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(300):
+                        tasks.start_soon(one)
+            elapsed = time.monotonic() - started
+            # one burst for both processes: 120 minus the 31 calls above, plus refill
+            assert statuses.count(404) + statuses.count(429) == 300
+            assert statuses.count(404) <= 120 - 31 + int(elapsed) + 1, "".join(gw.output)
+            assert statuses.count(429) >= 300 - 120
+            health = await client.get("/_flux/health")
+            assert health.json()["store"]["instances"] == 2
