@@ -12,12 +12,15 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import FluxError
 from .runtime.api import FunctionFailed, InvocationResult, LogLine
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 SPAN_NAMES = ("gateway", "queue", "runtime", "function")
 
@@ -150,6 +153,31 @@ class TraceRecord:
     spans: list[Span] = attrs.field(factory=list)
     logs: list[LogLine] = attrs.field(factory=list)
     async_state: str | None = None
+
+
+def request_trace(ex: Exchange, status: int, duration_ms: float) -> TraceRecord:
+    """The trace of one answered request: the gateway span, then what the invocation added."""
+    gateway_span = Span(
+        name="gateway", start=ex.started, duration_ms=duration_ms, attributes=ex.span
+    )
+    traceparent = ex.headers.get("traceparent")
+    return TraceRecord(
+        request_id=ex.request_id,
+        started_at=ex.started,
+        method=ex.method,
+        path=ex.path,
+        status=status,
+        duration_ms=duration_ms,
+        function=ex.function,
+        key_name=ex.key_name,
+        client_request_id=ex.headers.get("x-request-id"),
+        traceparent_in=traceparent,
+        # a request refused before dispatch still joins the caller's trace, if it sent one
+        trace_id=ex.trace_id or (parse_traceparent(traceparent) or ("",))[0],
+        spans=[gateway_span, *ex.extra_spans],
+        logs=list(ex.logs),
+        async_state="queued" if ex.queued else None,
+    )
 
 
 def invocation_spans(

@@ -27,6 +27,7 @@ from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
 from .discovery import RuntimeFinder, default_finder, worker_command
+from .options import PoolOptions
 from .process import Worker, WorkerGone
 
 logger = logging.getLogger("fluxgw.runtime")
@@ -77,21 +78,20 @@ class PoolManager:
 
     def __init__(
         self,
+        options: PoolOptions | None = None,
         *,
-        max_workers: int = 4,
-        min_workers: int = 0,
-        idle_timeout: float = 300.0,
         grace_period: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
     ) -> None:
-        if max_workers < 1 or min_workers < 0 or min_workers > max_workers:
-            raise ValueError("need 0 <= min_workers <= max_workers and max_workers >= 1")
-        self._max_workers = max_workers
-        self._min_workers = min_workers
-        self._idle_timeout = idle_timeout
+        options = options or PoolOptions()
+        self._max_workers = options.max_workers
+        self._min_workers = options.min_workers
+        self._idle_timeout = options.idle_timeout
         self._grace_period = grace_period
-        self._clock = clock
+        self._clock = clock  # idle reaping
+        self._wall_clock = wall_clock  # invocation deadlines are epoch seconds
         self._finder = finder or default_finder
         self._generation = 0
         self._pools: dict[FunctionSpec, FunctionPool] = {}
@@ -153,7 +153,7 @@ class PoolManager:
         if len(invocation.body) > protocol.MAX_BODY:
             raise FunctionFailed(413, "payload_too_large", "request body exceeds 6 MiB")
         pool = self._pool_for(spec)
-        now = time.time()
+        now = self._wall_clock()
         deadline = min(invocation.deadline, now + spec.timeout)
         request = _request_header(spec, invocation, deadline)
         logs: list[LogLine] = []
