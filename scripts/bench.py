@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import devreload, inproc, profile, report, servers
+from benchlib import devreload, inproc, profile, report, servers, shared_store
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -523,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     try:
         results["http"] = http_benchmarks(s, work, available, args.profile)
+        log("shared store: files vs Redis vs --workers 2")
+        results["redis"] = shared_store.measure_all(s, work, measure)
     except servers.BenchError as exc:
         log(f"failed: {exc}")
         for path in sorted((work / "logs").glob("*.log")):
@@ -536,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = os.getloadavg()[0]
 
     rows, detail, notes = build(s, results)
+    rows += shared_store.rows(results["redis"])
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
