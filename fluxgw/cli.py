@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _loop_argument(dev)
+    _dashboard_arguments(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
@@ -48,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    _dashboard_arguments(serve)
     _pool_arguments(serve)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="print a fresh login URL for the running gateway's dashboard"
+    )
+    dashboard.add_argument(
+        "--ttl",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="seconds the one-time link stays valid (default 900)",
+    )
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -100,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
     return parser
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The admin listener (docs/dashboard.md)."""
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="dashboard port on 127.0.0.1 (default 4001; a free one if 4001 is taken)",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
 
 
 def _loop_argument(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "dashboard": commands.dashboard,
     }[args.command]
     return handler(project_dir, args)
 

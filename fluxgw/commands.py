@@ -104,6 +104,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         loop=args.loop,
         reuse_port=args.reuse_port,
         pool=pool_options(args),
+        **dashboard_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
         print(
@@ -147,6 +148,23 @@ def pool_options(args: argparse.Namespace) -> PoolOptions:
         raise FluxError(str(exc)) from None
 
 
+def dashboard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields from `--dashboard-port`, `--no-dashboard`."""
+    port = args.dashboard_port
+    if port is not None and not 0 <= port <= 65535:
+        raise FluxError(f"--dashboard-port {port}: must be 0-65535")
+    return {"dashboard": not args.no_dashboard, "dashboard_port": port}
+
+
+def dashboard(project_dir: Path, args: argparse.Namespace) -> int:
+    from .admin.handoff import mint_login
+
+    if not 0 < args.ttl <= 86400:
+        raise FluxError("--ttl must be between 0 and 86400 seconds")
+    print(mint_login(StateDir(project_dir), args.ttl), flush=True)
+    return 0
+
+
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
@@ -158,6 +176,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         dev=True,
         loop=args.loop,
         pool=pool_options(args),
+        **dashboard_options(args),
     )
     return run_server(config)
 
@@ -166,7 +185,7 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
     state = StateDir(project_dir)
     if args.key_command == "create":
         settings = load_settings(state, create=True)
-        _check_functions_exist(state, args.functions)
+        check_functions_exist(state, args.functions)
         key = create_key(
             state,
             settings.project_id,
@@ -204,7 +223,7 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_functions_exist(state: StateDir, names: list[str]) -> None:
+def check_functions_exist(state: StateDir, names: list[str]) -> None:
     if not names:
         return
     known = {spec.name for spec in load_deployment(state).functions}

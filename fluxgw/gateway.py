@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -36,16 +36,18 @@ from .httpio import (
     Receive,
     Scope,
     Send,
+    answer_lifespan,
     decode_headers,
     error_body,
     read_body,
     send_response,
 )
+from .jobs import QueueEvent
 from .keys import KeyRecord
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
-from .queue import JobQueue, UnknownFunction
+from .queue import JobQueue, QueueUnavailable, UnknownFunction
 from .ratelimit import Decision, GcraLimiter, Plan, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.options import PoolOptions
@@ -217,14 +219,7 @@ class Gateway:
         # websockets are not served: hypercorn answers the handshake with 500 if we return
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        # Returning at once on lifespan crashes hypercorn's trio worker: acknowledge both.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(
@@ -369,7 +364,12 @@ class Gateway:
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:
-            await self.queue.enqueue(invocation, spec.name)
+            try:
+                await self.queue.enqueue(invocation, spec.name)
+            except QueueUnavailable:
+                raise HttpError(
+                    503, "queue_unavailable", "the invocation could not be queued; try again"
+                ) from None
             ex.queued = ex.span["queued"] = True
             payload = {"request_id": ex.request_id, "status": "queued"}
             return Answer(202, [JSON], orjson.dumps(payload))
@@ -448,7 +448,7 @@ class Gateway:
         fresh = attrs.evolve(invocation, deadline=self.clock() + spec.timeout)
         return await self.pool.invoke(spec, fresh)
 
-    def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
-        self.traces.update_async_state(job.request_id, event, details)
+    def _on_queue_event(self, event: QueueEvent) -> None:
+        self.traces.record_queue_event(event)
         if self.feed.active:
-            self.feed.publish(job_event(job.request_id, event, details))
+            self.feed.publish(job_event(event))

@@ -28,6 +28,7 @@ import attrs
 import sniffio
 from hypercorn.config import Config
 
+from .admin.handoff import withdraw_listener
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
@@ -52,6 +53,8 @@ class ServerConfig:
     pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
     reuse_port: bool = False  # one of `--workers N` processes (docs/redis.md)
+    dashboard: bool = True  # the admin listener (docs/dashboard.md)
+    dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -78,18 +81,16 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _hypercorn(
-    gateway: Gateway, config: Config, shutdown: Callable[[], Awaitable[Any]]
-) -> None:
+async def run_hypercorn(app: Any, config: Config, shutdown: Callable[[], Awaitable[Any]]) -> None:
     """hypercorn's worker for the running event loop: it has one per loop, not one on anyio."""
     if sniffio.current_async_library() == "trio":
         from hypercorn.trio import serve as trio_serve
 
-        await trio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await trio_serve(app, config, shutdown_trigger=shutdown)
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await asyncio_serve(app, config, shutdown_trigger=shutdown)
 
 
 async def serve_gateway(
@@ -111,7 +112,7 @@ async def serve_gateway(
     async with anyio.create_task_group() as background:
         await background.start(gateway.run)
         async with anyio.create_task_group() as http:
-            http.start_soon(_hypercorn, gateway, config, shutdown.wait)
+            http.start_soon(run_hypercorn, gateway, config, shutdown.wait)
             # The socket listens already: a client connecting now waits in its backlog.
             if on_ready:
                 on_ready(binds)
@@ -130,11 +131,18 @@ async def _main(config: ServerConfig) -> None:
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)
+    dashboard = None
+    if config.dashboard:
+        from .admin.serve import DashboardListener
+
+        dashboard = DashboardListener(gateway, state, config.dashboard_port)
     tune_garbage_collector()
     shutdown = anyio.Event()
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
+        if dashboard is not None:
+            print(dashboard.startup_line(), flush=True)
         print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
         if config.dev:
             print(
@@ -154,6 +162,10 @@ async def _main(config: ServerConfig) -> None:
             from .devreload import watch_and_redeploy
 
             tasks.start_soon(watch_and_redeploy, state, gateway, shutdown)
+        if dashboard is not None:
+            await tasks.start(dashboard.run, shutdown.wait)
+        else:
+            await anyio.to_thread.run_sync(withdraw_listener, state)
         await serve_gateway(
             gateway,
             config.host,

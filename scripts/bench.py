@@ -7,7 +7,11 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile]
+Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail). `--only NAME[,NAME]` runs
+just those; without `core` the rows are printed (and written to --out only when it is given).
+
+Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import devreload, inproc, profile, report, servers, shared_store
+from benchlib import dashboard, devreload, inproc, profile, report, servers, shared_store
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -30,6 +34,8 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
+# Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
+SECTIONS = {"dashboard": dashboard.measure}
 
 
 class Settings:
@@ -478,12 +484,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections: core, {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
+    only = set(args.only.split(",")) if args.only else {"core", *SECTIONS}
+    unknown = only - {"core", *SECTIONS}
+    if unknown:
+        parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -491,6 +506,23 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log(str(exc))
         return 2
+    extra_rows: list[list[str]] = []
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
+    try:
+        for name, section in SECTIONS.items():
+            if name in only:
+                log(f"section {name}")
+                extra_rows += section(s, work / name, log)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "core" not in only:
+        print(report.text_table(SUMMARY_HEADER, extra_rows))
+        if "--out" in raw_argv or any(a.startswith("--out=") for a in raw_argv):
+            args.out.write_text(report.md_table(SUMMARY_HEADER, extra_rows) + "\n")
+        return 0
     available = [rt for rt in RUNTIMES if find_runtime(rt)]
     for rt in RUNTIMES:
         if rt not in available:
@@ -538,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = os.getloadavg()[0]
 
     rows, detail, notes = build(s, results)
+    rows += extra_rows
     rows += shared_store.rows(results["redis"])
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))

@@ -28,16 +28,11 @@ from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
 from .discovery import RuntimeFinder, default_finder, worker_command
 from .options import PoolOptions
-from .process import Worker, WorkerGone
+from .process import Worker, WorkerGone, log_lines
 
 logger = logging.getLogger("fluxgw.runtime")
 
-__all__ = ["PoolManager", "runtime_problem"]
-
-
-def runtime_problem(runtime: str) -> str | None:
-    """Re-exported from :mod:`.discovery`: None if ``runtime`` is available, else how to fix."""
-    return default_finder.problem(runtime)
+__all__ = ["PoolManager"]
 
 
 class FunctionPool:
@@ -198,7 +193,7 @@ class PoolManager:
                     self._release(pool, worker)
                 run_ms = (anyio.current_time() - call_at) * 1000
             if isinstance(answer, protocol.HandlerError):
-                logs.extend(_lines("stderr", answer.traceback))
+                logs.extend(log_lines("stderr", answer.traceback))
                 message = f"function {spec.name} raised {answer.error}"
                 raise FunctionFailed(502, "function_error", message, tuple(logs), worker.pid)
             return InvocationResult(
@@ -392,11 +387,6 @@ class PoolManager:
             if predicate():
                 return
             await changed.wait()
-
-
-def _lines(stream: str, text: str) -> list[LogLine]:
-    now = time.time()
-    return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:

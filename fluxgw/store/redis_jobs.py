@@ -45,7 +45,7 @@ class RedisJobs:
         self.takeover_after_ms = int(takeover_after * 1000)
         self._promote = client.register_script(PROMOTE_SCRIPT)
 
-    def _key(self, request_id: str) -> str:
+    def key(self, request_id: str) -> str:
         return f"{self.prefix}job:{request_id}"
 
     async def ensure_group(self) -> None:
@@ -56,15 +56,15 @@ class RedisJobs:
     async def enqueue(self, request_id: str, job: dict[str, Any]) -> None:
         """Store the job and queue it, atomically (both or neither)."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(request_id), orjson.dumps(job))
+            pipe.set(self.key(request_id), orjson.dumps(job))
             pipe.xadd(self.stream, {"id": request_id})
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
-        raw = await self.client.get(self._key(request_id))
+        raw = await self.client.get(self.key(request_id))
         return None if raw is None else orjson.loads(raw)
 
     async def put(self, request_id: str, job: dict[str, Any]) -> None:
-        await self.client.set(self._key(request_id), orjson.dumps(job))
+        await self.client.set(self.key(request_id), orjson.dumps(job))
 
     async def claim(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """New entries for ``consumer``: ``[(entry id, request id)]``; waits up to

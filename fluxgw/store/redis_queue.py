@@ -26,17 +26,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import HttpError
-from ..jobs import Job
-from ..queue import (
-    RETRY_STATUSES,
-    Invoke,
-    OnEvent,
-    UnknownFunction,
-    _about,
-    _safe,
-    backoff_delay,
-)
+from ..jobs import EventKind, Job, QueueEvent
+from ..jobstate import RETRY_STATUSES, Backoff, Failed, Interrupted, Started, Succeeded, advance
+from ..queue import Invoke, OnEvent, QueueUnavailable, UnknownFunction, _safe
 from ..runtime.api import FunctionFailed, Invocation, InvocationResult
 from .redis_jobs import RedisJobs
 
@@ -95,19 +87,19 @@ class RedisJobQueue:
         *,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 3,
-        backoff: Callable[[int], float] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.jobs = jobs
         self.consumer = consumer
         self._clock = clock
         self.max_attempts = max_attempts
+        self.backoff_policy = backoff or Backoff()  # the files queue's rule and settings
         self._rng = random.Random()
-        # the files queue's rule and settings (exponential from 1 s, capped at 60 s, jittered)
-        self.backoff = backoff or (lambda n: backoff_delay(n, 1.0, 60.0, self._rng.random()))
         self._depth = 0
         self._running: dict[str, str] = {}  # entry id -> request id, for keep-alive
 
     async def enqueue(self, invocation: Invocation, function: str) -> None:
+        """Store the job in Redis and queue it; QueueUnavailable (503) when Redis is away."""
         now = self._clock()
         job = Job(
             invocation.request_id,
@@ -129,9 +121,7 @@ class RedisJobQueue:
                 await self.jobs.enqueue(job.request_id, job_to_record(job))
         except Exception as exc:
             log.warning("queue: could not store %s in Redis: %s", job.request_id, exc)
-            raise HttpError(
-                503, "queue_unavailable", "the invocation could not be queued; try again"
-            ) from exc
+            raise QueueUnavailable(job.request_id) from exc
         self._depth += 1
 
     def depth(self) -> int:
@@ -142,11 +132,22 @@ class RedisJobQueue:
         data = await self.jobs.get(request_id)
         return None if data is None else job_from_record(data)
 
-    async def _put(self, job: Job) -> None:
+    async def fetch_recent(self, limit: int) -> list[Job]:
+        """The newest jobs (the dashboard): the stream's last entries, newest first."""
+        entries = await self.jobs.client.xrevrange(self.jobs.stream, count=limit)
+        found: list[Job] = []
+        for entry in entries:
+            rid = entry.field_values.get(b"id", entry.field_values.get("id"))
+            job = await self.fetch(rid.decode() if isinstance(rid, bytes) else str(rid))
+            if job is not None and job.request_id not in {j.request_id for j in found}:
+                found.append(job)
+        return found
+
+    async def _save(self, job: Job) -> None:
         record = job_to_record(job)
-        if job.state in ("succeeded", "failed"):
+        if job.state in ("succeeded", "failed"):  # results expire like traces
             await self.jobs.client.set(
-                self.jobs._key(job.request_id), _dumps(record), px=FINISHED_TTL_MS
+                self.jobs.key(job.request_id), _dumps(record), px=FINISHED_TTL_MS
             )
         else:
             await self.jobs.put(job.request_id, record)
@@ -159,48 +160,47 @@ class RedisJobQueue:
         on_event: OnEvent | None = None,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Run jobs from the shared stream, at most ``concurrency`` at a time here."""
         emit = _safe(on_event)
-        limiter = anyio.Semaphore(concurrency)
+        slots = anyio.Semaphore(concurrency)
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._housekeeping, invoke, emit, limiter, tasks)
+            tasks.start_soon(self._housekeeping, invoke, emit, slots, tasks)
             task_status.started()
             while True:
-                await limiter.acquire()
-                limiter.release()
-                free = limiter.value
+                await slots.acquire()  # read only as many entries as there are free slots
+                slots.release()
                 try:
                     with anyio.fail_after(BLOCK_MS / 1000 + 2):
                         await self.jobs.ensure_group()
-                        entries = await self.jobs.claim(self.consumer, free, BLOCK_MS)
-                except Exception as exc:  # Redis away: the outage is logged by the store
+                        entries = await self.jobs.claim(self.consumer, slots.value, BLOCK_MS)
+                except Exception as exc:  # Redis away: the store's health logs the outage
                     log.debug("queue: cannot read the job stream: %s", exc)
                     await anyio.sleep(1)
                     continue
                 for entry, request_id in entries:
-                    await limiter.acquire()
-                    tasks.start_soon(self._run_entry, entry, request_id, invoke, emit, limiter)
+                    await slots.acquire()
+                    tasks.start_soon(self._run_entry, entry, request_id, invoke, emit, slots)
 
     async def _housekeeping(
-        self, invoke: Invoke, emit: OnEvent, limiter: anyio.Semaphore, tasks: Any
+        self, invoke: Invoke, emit: OnEvent, slots: anyio.Semaphore, tasks: Any
     ) -> None:
-        """Retries due, keep-alive of running entries, takeover of dead instances' entries."""
+        """Retries that are due, keep-alive of running entries, takeover of dead instances'."""
         last_slow = 0.0
         while True:
             await anyio.sleep(0.2)
             try:
                 with anyio.fail_after(2):
                     await self.jobs.promote_due(self._clock())
-                    now = anyio.current_time()
-                    if now - last_slow >= KEEP_ALIVE:
-                        last_slow = now
-                        await self.jobs.keep_alive(self.consumer, list(self._running))
-                        self._depth = await self.jobs.depth()
-                        for entry, request_id in await self.jobs.take_over(self.consumer):
-                            log.warning("queue: taking over %s from a stopped gateway", request_id)
-                            await limiter.acquire()
-                            tasks.start_soon(
-                                self._run_entry, entry, request_id, invoke, emit, limiter, True
-                            )
+                    if anyio.current_time() - last_slow < KEEP_ALIVE:
+                        continue
+                    last_slow = anyio.current_time()
+                    await self.jobs.keep_alive(self.consumer, list(self._running))
+                    self._depth = await self.jobs.depth()
+                    taken = await self.jobs.take_over(self.consumer)
+                for entry, request_id in taken:
+                    log.warning("queue: taking over %s from a stopped gateway", request_id)
+                    await slots.acquire()
+                    tasks.start_soon(self._run_entry, entry, request_id, invoke, emit, slots, True)
             except Exception as exc:
                 log.debug("queue: housekeeping failed: %s", exc)
 
@@ -210,143 +210,90 @@ class RedisJobQueue:
         request_id: str,
         invoke: Invoke,
         emit: OnEvent,
-        limiter: anyio.Semaphore,
+        slots: anyio.Semaphore,
         taken_over: bool = False,
     ) -> None:
         self._running[entry] = request_id
         try:
             job = await self.fetch(request_id)
             if job is None or job.state in ("succeeded", "failed"):
-                await self.jobs.ack(entry)  # finished already (a duplicate delivery)
+                await self.jobs.ack(entry)  # finished already: a duplicate delivery
                 return
-            attempts = job.attempts - 1 if (taken_over and job.state == "running") else job.attempts
             now = self._clock()
+            if taken_over and job.state == "running":
+                job = advance(job, Interrupted(), now)  # the dead instance's attempt: uncounted
             waited = max(0.0, now - job.updated_at)
-            job = attrs.evolve(job, state="running", attempts=attempts + 1, updated_at=now)
-            await self._put(job)
+            job = advance(job, Started(), now)
+            await self._save(job)
             await self._attempt(entry, job, waited, invoke, emit)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:
-            log.exception("queue: could not run %s; another instance will take it over", request_id)
+            log.exception("queue: could not run %s; another gateway will take it over", request_id)
         finally:
             self._running.pop(entry, None)
-            limiter.release()
+            slots.release()
 
     async def _attempt(
         self, entry: str, job: Job, waited: float, invoke: Invoke, emit: OnEvent
     ) -> None:
-        emit(job, "running", {**_about(job, job.updated_at), "wait_ms": waited * 1000})
+        emit(QueueEvent("running", job, job.updated_at, wait_ms=waited * 1000))
         started = self._clock()
         try:
             try:
                 result = await invoke(job.function, job.invocation)
             except UnknownFunction as exc:
-                await self._fail(entry, job, str(exc), None, started, emit, exc)
+                await self._finish(entry, job, Failed(str(exc), False), started, emit, exc)
             except FunctionFailed as exc:
-                error = f"{exc.code}: {exc.message}"
-                if exc.status in RETRY_STATUSES:
-                    await self._retry_or_fail(entry, job, error, exc.status, started, emit, exc)
-                else:
-                    await self._fail(entry, job, error, exc.status, started, emit, exc)
+                failed = Failed(f"{exc.code}: {exc.message}", exc.status in RETRY_STATUSES)
+                await self._finish(entry, job, failed, started, emit, exc, status=exc.status)
             except Exception as exc:
                 log.exception("queue: invoking %s for %s failed", job.function, job.request_id)
-                error = f"internal error: {exc!r}"
-                await self._retry_or_fail(entry, job, error, None, started, emit, exc)
+                failed = Failed(f"internal error: {exc!r}", retryable=True)
+                await self._finish(entry, job, failed, started, emit, exc)
             else:
-                await self._succeed(entry, job, result, started, emit)
+                succeeded = Succeeded(result.status, result.headers, result.body)
+                await self._finish(entry, job, succeeded, started, emit, result=result)
         except anyio.get_cancelled_exc_class():
-            # A clean stop: back on the stream at once, this attempt not counted.
+            # A clean stop hands the job back at once (no 20 s takeover wait), uncounted.
             with anyio.move_on_after(2, shield=True):
-                again = attrs.evolve(job, state="queued", attempts=job.attempts - 1)
-                await self._put(again)
+                await self._save(advance(job, Interrupted(), self._clock()))
                 await self.jobs.defer(entry, job.request_id, self._clock())
             raise
 
-    async def _succeed(
-        self, entry: str, job: Job, result: InvocationResult, started: float, emit: OnEvent
-    ) -> None:
-        now = self._clock()
-        done = attrs.evolve(
-            job,
-            state="succeeded",
-            result_status=result.status,
-            result_headers=result.headers,
-            result_body=result.body,
-            error=None,
-            updated_at=now,
-        )
-        await self._put(done)
-        await self.jobs.ack(entry)
-        emit(
-            done,
-            "succeeded",
-            {
-                **_about(job, now),
-                "status": result.status,
-                "duration_ms": (now - started) * 1000,
-                "result": result,
-            },
-        )
-
-    async def _retry_or_fail(
+    async def _finish(
         self,
         entry: str,
         job: Job,
-        error: str,
-        status: int | None,
+        outcome: Succeeded | Failed,
         started: float,
         emit: OnEvent,
-        exc: BaseException,
+        failure: BaseException | None = None,
+        *,
+        status: int | None = None,
+        result: InvocationResult | None = None,
     ) -> None:
-        if job.attempts >= job.max_attempts:
-            error = f"{error} (gave up after {job.attempts} attempts)"
-            await self._fail(entry, job, error, status, started, emit, exc)
-            return
+        """Store the outcome, settle the stream entry, then tell ``emit``."""
         now = self._clock()
-        delay = self.backoff(job.attempts)
-        again = attrs.evolve(
-            job, state="queued", next_run_at=now + delay, error=error, updated_at=now
-        )
-        await self._put(again)
-        await self.jobs.defer(entry, job.request_id, now + delay)
+        done = advance(job, outcome, now, backoff=self.backoff_policy, draw=self._rng.random())
+        await self._save(done)
+        if done.state == "queued":
+            await self.jobs.defer(entry, job.request_id, done.next_run_at)
+        else:
+            await self.jobs.ack(entry)
+        kind: EventKind = "retry" if done.state == "queued" else done.state
         emit(
-            again,
-            "retry",
-            {
-                **_about(job, now),
-                "status": status,
-                "error": error,
-                "delay_s": delay,
-                "duration_ms": (now - started) * 1000,
-                "exception": exc,
-            },
-        )
-
-    async def _fail(
-        self,
-        entry: str,
-        job: Job,
-        error: str,
-        status: int | None,
-        started: float,
-        emit: OnEvent,
-        exc: BaseException,
-    ) -> None:
-        now = self._clock()
-        done = attrs.evolve(job, state="failed", error=error, updated_at=now)
-        await self._put(done)
-        await self.jobs.ack(entry)
-        emit(
-            done,
-            "failed",
-            {
-                **_about(job, now),
-                "status": status,
-                "error": error,
-                "duration_ms": (now - started) * 1000,
-                "exception": exc,
-            },
+            QueueEvent(
+                kind,
+                done,
+                now,
+                duration_ms=(now - started) * 1000,
+                status=result.status if result is not None else status,
+                error=done.error,
+                retry_in_s=done.next_run_at - now if kind == "retry" else None,
+                result=result,
+                failure=failure,
+            )
         )
 
 

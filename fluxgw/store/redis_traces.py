@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -29,6 +29,7 @@ import anyio.abc
 import orjson
 from coredis import PureToken
 
+from ..jobs import QueueEvent
 from ..runtime.api import LogLine
 from ..tracing import (
     AmbiguousPrefix,
@@ -178,20 +179,22 @@ class RedisTraceStore:
         if self.enabled:
             self._push(("trace", trace_to_json(trace)))
 
+    def record_queue_event(self, event: QueueEvent) -> None:
+        """What an async job's event adds to its request's trace (as the files store)."""
+        if self.enabled:
+            state, spans, logs = queue_event_trace(event)
+            self.update_async_state(event.job.request_id, state, spans=spans, logs=logs)
+
     def update_async_state(
         self,
         request_id: str,
         state: str | None,
-        details: Mapping[str, Any] | None = None,
         *,
         spans: Sequence[Span] = (),
         logs: Sequence[LogLine] = (),
     ) -> None:
         if not self.enabled:
             return
-        if details is not None:
-            state, more_spans, more_logs = queue_event_trace(state or "", details)
-            spans, logs = [*spans, *more_spans], [*logs, *more_logs]
         event = {
             "at": self._clock(),
             "state": state,
@@ -199,6 +202,19 @@ class RedisTraceStore:
             "logs": [log_to_json(line) for line in logs],
         }
         self._push(("event", (request_id, event)))
+
+    async def read(self, id_or_prefix: str) -> TraceRecord:
+        """One trace, from any instance (the dashboard)."""
+        return await self._reader().get(id_or_prefix)
+
+    async def read_last(self, n: int) -> list[TraceRecord]:
+        return await self._reader().last(n)
+
+    def _reader(self) -> RedisTraces:
+        traces = self._traces()
+        if traces is None:
+            raise TraceNotFound("the shared store is not connected")
+        return traces
 
     def _push(self, item: tuple[str, Any]) -> None:
         if len(self._pending) >= self._max_pending:
