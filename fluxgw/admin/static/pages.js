@@ -61,7 +61,7 @@ async function overview(main) {
       points.push(point);
       while (points.length > 900) points.shift();
       for (const chart of charts) chart.set(points);
-      showTotals(totals);
+      if (totals) showTotals(totals);
     },
   });
   return () => { source.close(); for (const chart of charts) chart.close(); };
