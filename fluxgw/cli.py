@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _loop_argument(dev)
+    _log_arguments(dev, dev=True)
     _dashboard_arguments(dev)
     _pool_arguments(dev)
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
 
@@ -105,14 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "closed"),
         help="while Redis is unreachable: limit locally (default) or answer 503",
     )
+    _jwt_arguments(update)
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")
+
+    jwt = commands.add_parser("jwt", help="user tokens for development (docs/auth.md)")
+    jwt_commands = jwt.add_subparsers(dest="jwt_command", required=True, metavar="ACTION")
+    mint = jwt_commands.add_parser("mint", help="print a token signed with the project secret")
+    mint.add_argument("--sub", required=True, help="the token's subject (user id)")
+    mint.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    mint.add_argument("--claim", action="append", default=[], dest="claims", metavar="NAME=VALUE")
 
     trace = commands.add_parser("trace", help="show a request's trace")
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
+
+    from .logs import add_arguments as logs_arguments
+
+    logs_arguments(commands.add_parser("logs", help="recent requests and their output"))
     return parser
+
+
+def _jwt_arguments(parser: argparse.ArgumentParser) -> None:
+    """`flux project update`'s user-token settings (docs/auth.md)."""
+    group = parser.add_argument_group("user tokens (JWT)")
+    group.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' ('' to unset)")
+    group.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' ('' to unset)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--jwt-jwks-url", metavar="URL", help="the provider's key set")
+    source.add_argument("--jwt-jwks-file", metavar="FILE", help="a key set, copied in")
+    source.add_argument(
+        "--jwt-secret-stdin", action="store_true", help="an HS256 secret, read from stdin"
+    )
+    source.add_argument("--jwt-clear", action="store_true", help="take no user tokens")
 
 
 def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +160,21 @@ def _loop_argument(parser: argparse.ArgumentParser) -> None:
         choices=("trio", "asyncio"),
         default="trio",
         help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
+
+
+def _log_arguments(parser: argparse.ArgumentParser, *, dev: bool) -> None:
+    """The request log (docs/logs.md): always on in `flux dev`, opt-in in `flux serve`."""
+    if not dev:
+        parser.add_argument(
+            "--log-requests", action="store_true", help="print a line per request (stdout)"
+        )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="request lines as text (default) or one JSON object per line"
+        + ("" if dev else " (implies --log-requests)"),
     )
 
 
@@ -215,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "jwt": commands.jwt,
+        "logs": commands.logs,
         "dashboard": commands.dashboard,
     }[args.command]
     return handler(project_dir, args)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .console import warn
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
@@ -64,7 +65,7 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
         for spec in deployment.functions:
             problem = runtime_problem(spec.runtime)
             if problem:
-                print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
+                warn(f"function {spec.name}: {problem}")
 
 
 def _deploy_and_print(state: StateDir) -> None:
@@ -72,6 +73,10 @@ def _deploy_and_print(state: StateDir) -> None:
     deployment = deploy_functions(state)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
+    from .auth.commands import deploy_warnings
+
+    for warning in deploy_warnings(state, deployment.functions):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def deploy(project_dir: Path, args: argparse.Namespace) -> int:
@@ -101,16 +106,17 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        log_requests=args.log_requests or args.log_format is not None,
+        log_format=args.log_format or "text",
         loop=args.loop,
         reuse_port=args.reuse_port,
         pool=pool_options(args),
         **dashboard_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
-        print(
-            "warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
-            "(the gateway picks it up without a restart)",
-            file=sys.stderr,
+        warn(
+            "nothing is deployed yet, every route answers 404: run 'flux deploy' "
+            "(the gateway picks it up without a restart)"
         )
     return run_server(config)
 
@@ -174,6 +180,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        log_format=args.log_format or "text",
         loop=args.loop,
         pool=pool_options(args),
         **dashboard_options(args),
@@ -235,24 +242,34 @@ def check_functions_exist(state: StateDir, names: list[str]) -> None:
 
 
 def project(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
     state = StateDir(project_dir)
     if args.project_command == "update":
+        tokens = auth_commands.wants_update(args)
         moving = args.store is not None or args.store_fallback is not None
-        if args.plan is None and args.cors_origins is None and not moving:
-            raise FluxError("nothing to update: pass --plan, --cors-origin or --store")
+        if args.plan is None and args.cors_origins is None and not tokens and not moving:
+            raise FluxError("nothing to update: pass --plan, --cors-origin, --jwt-... or --store")
         if moving:
             from .store.migrate import set_store
 
             set_store(state, args.store or _current_store_url(state), args.store_fallback)
-        settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        if tokens:
+            auth_commands.update(state, args)
+        if args.plan is not None or args.cors_origins is not None:
+            settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        else:
+            settings = load_settings(state, create=True)
     else:
         settings = load_settings(state, create=True)
     plan = PLANS[settings.plan]
+    tokens_shown = auth_commands.describe(state)
     if getattr(args, "json", False):
         print_json(
             {
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+                "jwt": tokens_shown,
                 "store": _store_json(state),
             }
         )
@@ -260,6 +277,8 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
     print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
     origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"
     print(f"cors origins: {origins}")
+    for line in auth_commands.show_lines(tokens_shown):
+        print(line)
     store = load_store_config(state)
     where = "files (.flux/)" if store.redis is None else store.redis.display
     extra = "" if store.redis is None else f" (fallback: {store.fallback})"
@@ -281,6 +300,12 @@ def _current_store_url(state: StateDir) -> str:
         raise FluxError("--store-fallback applies to the Redis store: pass --store redis://...")
     data = state.read_json(state.root / "store.json")
     return str(data["url"])
+
+
+def jwt(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
+    return auth_commands.mint(project_dir, args)
 
 
 def trace(project_dir: Path, args: argparse.Namespace) -> int:
@@ -325,3 +350,9 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     else:
         print(render_trace(record))
     return 0
+
+
+def logs(project_dir: Path, args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(StateDir(project_dir), args)

@@ -23,11 +23,13 @@ import attrs
 import orjson
 
 from . import cors, endpoints
+from .auth.principal import Principal
+from .auth.step import authenticate, check_credential, check_scope
 from .dispatch import build_invocation, function_headers
 from .endpoints import Endpoints
 from .errors import HttpError, StateError
 from .exchange import Exchange
-from .feed import RequestFeed, job_event, request_event
+from .feed import RequestFeed, exchange_event, job_event
 from .httpio import (
     JSON,
     MAX_BODY,
@@ -43,7 +45,6 @@ from .httpio import (
     send_response,
 )
 from .jobs import QueueEvent
-from .keys import KeyRecord
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
@@ -88,7 +89,7 @@ class Gateway:
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
         self.pool = PoolManager(self.options.pool, wall_clock=self.clock)
-        self.loader = LiveLoader(state)
+        self.loader = LiveLoader(state, self.clock)
         # The shared store (docs/redis.md): None for the files store, the default.
         self.store = open_store(state, clock=self.clock, tracing=self.options.tracing)
         self.traces: TraceStore | RedisTraceStore  # same interface, per store
@@ -244,6 +245,9 @@ class Gateway:
             body = error_body("internal_error", "the gateway failed; see its log", ex.request_id)
             ex.span["error"] = "internal_error"
         headers = self._finish(ex, status, headers)
+        if self.feed.active:  # before the answer leaves, so an async job's events follow it
+            duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+            self.feed.publish(exchange_event(ex, status, duration_ms))
         await send_response(send, status, headers, body)
         self._record(ex, status)
 
@@ -253,11 +257,13 @@ class Gateway:
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
             return endpoints.health(ex.live, self.store)
-        record = self.authenticate(ex)
-        await self.admit(ex, record)
+        principal = await self.authenticate(ex)
+        await self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
-            return await self.endpoints.answer(ex, record)
-        spec = self.route(ex, record)
+            check_credential(principal, ex.path, ("key",))
+            assert principal.record is not None
+            return await self.endpoints.answer(ex, principal.record)
+        spec = self.route(ex, principal)
         body = await self.read_body(ex, spec, receive)
         return await self.dispatch(ex, spec, scope, body)
 
@@ -275,26 +281,33 @@ class Gateway:
         ex.span["preflight"] = decision
         return Answer(204, headers, b"")
 
-    def authenticate(self, ex: Exchange) -> KeyRecord:
-        """Who is calling: the key in ``Authorization: Bearer``, else 401/403."""
-        outcome = ex.live.keys.authenticate(ex.headers.get("authorization"))
-        ex.span["auth"] = outcome.code
-        if not outcome.ok:
-            extra = [("www-authenticate", "Bearer")] if outcome.status == 401 else []
-            raise HttpError(outcome.status, outcome.code, outcome.message, extra)
-        record = outcome.record
-        assert record is not None
-        ex.key_name = ex.span["key"] = record.name
-        self.key_usage[record.key_hash] = ex.started
-        return record
+    async def authenticate(self, ex: Exchange) -> Principal:
+        """Who is calling: an API key or a user token in ``Authorization: Bearer`` (docs/auth.md),
+        else 401/403 (503 when a token's key set cannot be fetched). The trace records who,
+        never the credential."""
+        try:
+            principal = await authenticate(
+                ex.live.keys, ex.live.tokens, ex.headers.get("authorization")
+            )
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
+        ex.principal = principal
+        ex.span["auth"] = "ok"
+        ex.span.update(principal.trace_attributes())
+        if principal.key_hash is not None:
+            ex.key_name = principal.name
+            self.key_usage[principal.key_hash] = ex.started
+        return principal
 
-    async def admit(self, ex: Exchange, record: KeyRecord) -> None:
-        """The caller's rate limit, per key, against the project's plan; else 429."""
+    async def admit(self, ex: Exchange, principal: Principal) -> None:
+        """The caller's rate limit, per key or token subject, against the project's plan;
+        else 429."""
         plan = ex.live.plan
         if self.store is None:
-            decision = self.limiter.check(record.key_hash, plan)
+            decision = self.limiter.check(principal.bucket, plan)
         else:  # shared by every gateway of the project (docs/redis.md)
-            decision = await self._shared_admit(record.key_hash, plan)
+            decision = await self._shared_admit(principal.bucket, plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(plan)),
@@ -312,8 +325,9 @@ class Gateway:
                 [("retry-after", str(decision.retry_after))],
             )
 
-    def route(self, ex: Exchange, record: KeyRecord) -> FunctionSpec:
-        """The function at this method and path, if the key may call it; else 404/403."""
+    def route(self, ex: Exchange, principal: Principal) -> FunctionSpec:
+        """The function at this method and path, if the caller may call it: 404, 401 for a
+        credential kind it does not take, 403 for a key scoped to other functions."""
         match = ex.live.routes.lookup(ex.method, ex.path)
         if match.spec is None:
             ex.span["route"] = "no match"
@@ -323,10 +337,12 @@ class Gateway:
         spec = match.spec
         ex.function = spec.name
         ex.span["route"] = f"{spec.method} {spec.route} -> {spec.name}"
-        scoped = ex.live.keys.authorize(record, spec.name)
-        if not scoped.ok:
-            ex.span["auth"] = scoped.code
-            raise HttpError(scoped.status, scoped.code, scoped.message)
+        try:
+            check_credential(principal, f"function {spec.name!r}", spec.auth)
+            check_scope(principal, spec.name)
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
         return spec
 
     async def read_body(self, ex: Exchange, spec: FunctionSpec, receive: Receive) -> bytes:
@@ -361,6 +377,7 @@ class Gateway:
             spec=spec,
             body=body,
             now=ex.started,
+            principal=ex.principal,
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:
@@ -417,28 +434,8 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
-        if self.feed.active:
-            self._publish(ex, status, duration_ms)
         if self.traces.enabled:
             self.traces.record(request_trace(ex, status, duration_ms))
-
-    def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
-        self.feed.publish(
-            request_event(
-                at=ex.started,
-                request_id=ex.request_id,
-                method=ex.method,
-                path=ex.path,
-                status=status,
-                duration_ms=duration_ms,
-                function=ex.function,
-                principal=ex.key_name,
-                gateway_span=ex.span,
-                spans=ex.extra_spans,
-                logs=ex.logs,
-                message=ex.message,
-            )
-        )
 
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:

@@ -7,8 +7,13 @@ of three small files (fingerprint: mtime, size, inode), and parses them in a wor
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import attrs
 
+from .auth.config import load_token_settings, settings_path
+from .auth.tokens import TokenVerifier
 from .cors import CorsPolicy
 from .deploy import Deployment, load_deployment
 from .errors import StateError
@@ -28,6 +33,7 @@ class LiveState:
     keys: KeyStore
     deployment: Deployment
     routes: RouteTable
+    tokens: TokenVerifier | None = None  # None: the project takes no user tokens
 
 
 @attrs.frozen
@@ -35,13 +41,15 @@ class Fingerprints:
     settings: Fingerprint
     keys: Fingerprint
     deployment: Fingerprint
+    tokens: Fingerprint = None
 
 
 class LiveLoader:
     """Loads LiveState from .flux/, reusing the parts whose file did not change."""
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, clock: Callable[[], float] | None = None) -> None:
         self.state = state
+        self.clock = clock or time.time  # for token time checks and the key set cache
         self.seen: Fingerprints | None = None
         self.current: LiveState | None = None
 
@@ -50,6 +58,7 @@ class LiveLoader:
             settings=self.state.fingerprint(self.state.settings_file),
             keys=self.state.fingerprint(self.state.keys_file),
             deployment=self.state.fingerprint(self.state.deployment_file),
+            tokens=self.state.fingerprint(settings_path(self.state)),
         )
 
     def changed(self) -> bool:
@@ -80,6 +89,11 @@ class LiveLoader:
             routes = RouteTable(deployment.functions)
         else:
             deployment, routes = old.deployment, old.routes
+        if old is None or previous is None or marks.tokens != previous.tokens:
+            token_settings = load_token_settings(self.state)
+            tokens = TokenVerifier(token_settings, self.clock) if token_settings else None
+        else:
+            tokens = old.tokens
         live = LiveState(
             settings=settings,
             plan=PLANS[settings.plan],
@@ -87,6 +101,7 @@ class LiveLoader:
             keys=keys,
             deployment=deployment,
             routes=routes,
+            tokens=tokens,
         )
         self.current, self.seen = live, marks
         return live

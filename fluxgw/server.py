@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import gc
 import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ import sniffio
 from hypercorn.config import Config
 
 from .admin.handoff import withdraw_listener
+from .console import configure_logging, say
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
@@ -55,6 +56,8 @@ class ServerConfig:
     reuse_port: bool = False  # one of `--workers N` processes (docs/redis.md)
     dashboard: bool = True  # the admin listener (docs/dashboard.md)
     dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
+    log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
+    log_format: str = "text"  # or "json": one object per line (docs/logs.md)
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -138,26 +141,27 @@ async def _main(config: ServerConfig) -> None:
         dashboard = DashboardListener(gateway, state, config.dashboard_port)
     tune_garbage_collector()
     shutdown = anyio.Event()
+    logging_requests = config.dev or config.log_requests
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
         if dashboard is not None:
-            print(dashboard.startup_line(), flush=True)
-        print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
+            say(dashboard.startup_line())
+        say(f"serving {config.project_dir} at {url}")
         if config.dev:
-            print(
-                f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
-                flush=True,
-            )
-            print(
-                f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
-                flush=True,
-            )
-            print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
+            say(f"watching {config.project_dir / 'functions'}: saved changes are redeployed")
+            say(f"get a key: flux --project {config.project_dir} api-keys create --name dev")
+            say(f"then: curl -H 'Authorization: Bearer KEY' {url}/ROUTE")
+        say("press Ctrl-C to stop" + ("; requests are logged below" if logging_requests else ""))
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_watch_signals, shutdown)
+        if logging_requests:
+            from .requestlog import print_requests
+
+            await tasks.start(
+                functools.partial(print_requests, gateway.feed, log_format=config.log_format)
+            )
         if config.dev:
             from .devreload import watch_and_redeploy
 
@@ -183,11 +187,7 @@ async def _watch_signals(shutdown: anyio.Event) -> None:
         async for signum in signals:
             if shutdown.is_set():
                 continue
-            print(
-                f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"stopping ({signal.Signals(signum).name}): finishing requests in flight")
             shutdown.set()
 
 
@@ -246,7 +246,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 
 
 def run_server(config: ServerConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(json_requests=config.log_format == "json")
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:
@@ -256,5 +256,5 @@ def run_server(config: ServerConfig) -> int:
     if failure is not None:
         where = f"{config.host}:{config.port}"
         raise FluxError(f"cannot listen on {where}: {failure.strerror or failure}")
-    print("Stopped.", file=sys.stderr, flush=True)
+    say("stopped")
     return 0

@@ -29,7 +29,14 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 # Files only ever written while holding the lock (see StateDir.lock).
-LOCKED_FILES = ("keys.json", "project.json", "deployment.json", "ratelimit.json", "key-usage.json")
+LOCKED_FILES = (
+    "keys.json",
+    "project.json",
+    "deployment.json",
+    "ratelimit.json",
+    "key-usage.json",
+    "jwt.json",
+)
 
 Fingerprint = tuple[int, int, int] | None
 SHARED_DOCUMENTS = ("keys.json", "project.json")  # the files a Redis store holds instead

@@ -8,7 +8,9 @@ at 10 and 10,000 routes. Every figure is measured in the same run, so ratios com
 like on a machine whose absolute speed drifts.
 
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
-`dashboard`: throughput with 0 vs 10 dashboards on the live tail). `--only NAME[,NAME]` runs
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
+and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
+gateway). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -26,7 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import dashboard, devreload, inproc, profile, report, servers, shared_store
+from benchlib import (
+    dashboard,
+    devreload,
+    inproc,
+    profile,
+    report,
+    servers,
+    shared_store,
+    termlog,
+)
+from benchlib import jwt as jwt_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -35,7 +47,11 @@ REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
 # Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
-SECTIONS = {"dashboard": dashboard.measure}
+SECTIONS = {
+    "dashboard": dashboard.measure,
+    "termlog": termlog.measure,
+    "jwt": jwt_bench.measure,
+}
 
 
 class Settings:
