@@ -13,8 +13,11 @@ cannot leave a revoked key alive for more than a second.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 CAS_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -68,11 +71,13 @@ class RedisDocuments:
         self, name: str, change: Callable[[bytes | None], bytes], *, attempts: int = 20
     ) -> bytes:
         """Read, ``change``, write back; retried while another writer got in between."""
-        for _ in range(attempts):
+        for attempt in range(attempts):
             version, payload = await self.read(name)
             new = change(payload)
             if await self.write(name, new, expected=version) >= 0:
                 return new
+            # Lost the race: back off a little (jittered) so racing writers spread out.
+            await anyio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise ConcurrentUpdate(f"{name} kept changing under {attempts} attempts")
 
 
