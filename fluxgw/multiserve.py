@@ -23,6 +23,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .console import say, warn
+
 READY = re.compile(r"serving .* at (\S+)")
 
 
@@ -89,13 +91,9 @@ def run_workers(
             ready.acquire()
         reserved.close()  # every child listens now; the reservation has done its job
         if urls:
-            print(
-                f"Flux gateway serving {project_dir} at {urls[0]} ({len(urls)} of {workers} "
-                "workers, one port)",
-                flush=True,
-            )
+            say(f"serving {project_dir} at {urls[0]} ({len(urls)} of {workers} workers, one port)")
         if len(urls) < workers:
-            print(f"warning: {workers - len(urls)} worker(s) failed to start", file=sys.stderr)
+            warn(f"{workers - len(urls)} of {workers} workers failed to start")
         codes = [child.wait() for child in children]
     finally:
         for signum, handler in previous.items():

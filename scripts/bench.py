@@ -54,6 +54,7 @@ SECTIONS = {
     "termlog": termlog.measure,
     "jwt": jwt_bench.measure,
     "loops": loops.measure,
+    "redis": shared_store.measure,
 }
 
 
@@ -574,8 +575,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     try:
         results["http"] = http_benchmarks(s, work, available, args.profile)
-        log("shared store: files vs Redis vs --workers 2")
-        results["redis"] = shared_store.measure_all(s, work, measure)
     except servers.BenchError as exc:
         log(f"failed: {exc}")
         for path in sorted((work / "logs").glob("*.log")):
@@ -590,7 +589,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, detail, notes = build(s, results)
     rows += extra_rows
-    rows += shared_store.rows(results["redis"])
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:

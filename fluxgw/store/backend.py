@@ -38,7 +38,7 @@ from .redis_jobs import RedisJobs
 from .redis_limiter import RedisLimiter
 from .redis_queue import RedisJobQueue
 from .redis_traces import RedisTraces, RedisTraceStore
-from .shared_limiter import SharedLimiter
+from .shared_limiter import SharedLimiter, report_failure, report_success
 
 log = logging.getLogger("fluxgw.store")
 # coredis reports each retry at INFO; the store's own outage lines say what matters, once.
@@ -186,11 +186,9 @@ class RedisBackend:
                 with anyio.fail_after(RESYNC_INTERVAL):
                     await self.refresh()
             except Exception as exc:
-                if self.health.failed(f"{type(exc).__name__}: {exc}"):
-                    log.warning("shared store unreachable (%s)", self.health.last_error)
+                report_failure(self.health, exc, self.config.fallback)
             else:
-                if self.health.succeeded():
-                    log.warning("shared store reachable again")
+                report_success(self.health)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -43,6 +43,28 @@ def local_share(plan: Plan, instances: int) -> Plan:
     return Plan(f"{plan.name}", max(1, plan.rate_per_minute // n), max(1, plan.burst // n))
 
 
+def report_failure(health: StoreHealth, exc: BaseException, fallback: Fallback) -> None:
+    """Record a failed store call; one log line when it starts an outage (numbered, so each
+    outage is its own line even where identical lines are shown once)."""
+    if health.failed(f"{type(exc).__name__}: {exc}"):
+        how = "locally" if fallback == "local" else "closed (503 store_unavailable)"
+        log.warning(
+            "shared store unreachable (outage %d: %s); deciding limits %s until it returns",
+            health.outages,
+            health.last_error,
+            how,
+        )
+
+
+def report_success(health: StoreHealth) -> None:
+    """Record a successful store call; one log line when it ends an outage."""
+    if health.succeeded():
+        log.warning(
+            "shared store reachable again (outage %d over); limits are shared and exact",
+            health.outages,
+        )
+
+
 class SharedLimiter:
     def __init__(
         self,
@@ -68,15 +90,9 @@ class SharedLimiter:
                 with anyio.fail_after(self.budget):
                     decision = await self.remote.check(bucket_id, plan)
             except Exception as exc:  # any store failure is an outage
-                if self.health.failed(f"{type(exc).__name__}: {exc}"):
-                    log.warning(
-                        "shared store unreachable (%s); deciding limits %s until it returns",
-                        self.health.last_error,
-                        "locally" if self.fallback == "local" else "closed (503)",
-                    )
+                report_failure(self.health, exc, self.fallback)
             else:
-                if self.health.succeeded():
-                    log.warning("shared store reachable again; limits are shared and exact")
+                report_success(self.health)
                 return decision
         if self.fallback == "closed":
             raise StoreUnavailable("the shared store is unreachable")
