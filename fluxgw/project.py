@@ -24,7 +24,7 @@ NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry")
+KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry", "secrets", "env")
 
 
 @attrs.frozen
@@ -39,6 +39,8 @@ class FunctionSpec:
     entry: str
     is_async: bool = False
     timeout: float = 30.0
+    secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
+    env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
 
     @property
     def entry_path(self) -> Path:
@@ -54,6 +56,8 @@ class FunctionSpec:
             "timeout": self.timeout,
             "entry": self.entry,
             "directory": str(self.directory),
+            "secrets": list(self.secrets),
+            "env": dict(self.env),
         }
 
     @classmethod
@@ -67,6 +71,8 @@ class FunctionSpec:
             entry=data["entry"],
             is_async=bool(data["async"]),
             timeout=float(data["timeout"]),
+            secrets=tuple(data.get("secrets", ())),
+            env=tuple(sorted(data.get("env", {}).items())),
         )
 
 
@@ -147,6 +153,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(shown, "entry", f"{entry!r} must stay inside the function folder")
     if not entry_path.is_file():
         raise ConfigError(shown, "entry", f"entry file {entry!r} does not exist in {folder}")
+    from .envspec import parse_env_fields
+
+    secret_names, env = parse_env_fields(shown, data)
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -156,6 +165,8 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         entry=entry,
         is_async=is_async,
         timeout=float(timeout),
+        secrets=secret_names,
+        env=env,
     )
 
 

@@ -25,8 +25,9 @@ import trio
 from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
-from .discovery import RuntimeFinder, default_finder, worker_command
+from .discovery import RuntimeFinder, default_finder
 from .process import Worker, WorkerGone
+from .sandbox import Launcher, WorkerLaunch
 
 logger = logging.getLogger("fluxgw.runtime")
 
@@ -83,6 +84,7 @@ class PoolManager:
         grace_period: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         finder: RuntimeFinder | None = None,
+        launcher: Callable[[FunctionSpec, str], WorkerLaunch] | None = None,
     ) -> None:
         if max_workers < 1 or min_workers < 0 or min_workers > max_workers:
             raise ValueError("need 0 <= min_workers <= max_workers and max_workers >= 1")
@@ -92,6 +94,7 @@ class PoolManager:
         self._grace_period = grace_period
         self._clock = clock
         self._finder = finder or default_finder
+        self._launcher = launcher or Launcher()  # argv + env of a worker (sandbox.py)
         self._generation = 0
         self._pools: dict[FunctionSpec, FunctionPool] = {}
         self._draining: list[FunctionPool] = []  # old generations with workers still busy
@@ -249,9 +252,8 @@ class PoolManager:
                 502, "runtime_unavailable", self._finder.problem(spec.runtime) or ""
             )
         try:
-            worker = await Worker.spawn(
-                spec, worker_command(spec.runtime, executable, spec.entry_path)
-            )
+            launch = self._launcher(spec, executable)
+            worker = await Worker.spawn(spec, list(launch.argv), launch.env_dict)
         except OSError as exc:
             hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not be started"
             raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None
