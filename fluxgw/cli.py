@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _pool_arguments(serve)
+    for parser_ in (dev, serve):
+        parser_.add_argument(
+            "--no-sandbox",
+            action="store_true",
+            help="run workers without the bubblewrap sandbox (docs/sandbox.md; prints a warning)",
+        )
+
+    from .secretcmd import add_secrets_parser
+
+    add_secrets_parser(commands)
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -164,8 +174,15 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "secrets": _secrets,
     }[args.command]
     return handler(project_dir, args)
+
+
+def _secrets(project_dir: Path, args: argparse.Namespace) -> int:
+    from .secretcmd import secrets_command
+
+    return secrets_command(project_dir, args)
 
 
 def _project(args: argparse.Namespace) -> Path:

@@ -65,9 +65,9 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
                 print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
 
 
-def _deploy_and_print(state: StateDir) -> None:
+def _deploy_and_print(state: StateDir, dotenv: Path | None = None) -> None:
     load_settings(state, create=True)
-    deployment = deploy_functions(state)
+    deployment = deploy_functions(state, dotenv=dotenv)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
 
@@ -97,6 +97,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        sandbox=not args.no_sandbox,
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -125,9 +126,16 @@ def pool_options(args: argparse.Namespace) -> dict[str, Any]:
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
-    _deploy_and_print(StateDir(project_dir))
+    dotenv = project_dir / "functions" / ".env"  # local secrets, over the stored ones
+    _deploy_and_print(StateDir(project_dir), dotenv)
     config = ServerConfig(
-        project_dir=project_dir, host=args.host, port=args.port, dev=True, **pool_options(args)
+        project_dir=project_dir,
+        host=args.host,
+        port=args.port,
+        dev=True,
+        sandbox=not args.no_sandbox,
+        dotenv=dotenv,
+        **pool_options(args),
     )
     return run_server(config)
 

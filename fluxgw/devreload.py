@@ -25,7 +25,8 @@ DEBOUNCE_MS = 300  # at most this long grouping a burst of changes (an editor's 
 
 
 def _relevant(change: watchfiles.Change, path: str) -> bool:
-    return watchfiles.DefaultFilter()(change, path) and not path.endswith((".pyc", "~"))
+    # functions/.env is no code: the gateway's reload loop picks it up without a redeploy.
+    return watchfiles.DefaultFilter()(change, path) and not path.endswith((".pyc", "~", "/.env"))
 
 
 async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: trio.Event) -> None:
@@ -40,7 +41,9 @@ async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: trio.E
     ):
         started = time.perf_counter()
         try:
-            deployment = await trio.to_thread.run_sync(deploy, state)
+            deployment = await trio.to_thread.run_sync(
+                lambda: deploy(state, dotenv=gateway.options.dotenv)
+            )
         except FluxError as exc:
             print(
                 f"flux dev: change not deployed, still serving the last good version: "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,10 +35,14 @@ from .httpio import (
 from .jobs import job_to_json
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
+from .project import FunctionSpec
 from .queue import JobQueue, UnknownFunction
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
+from .redact import LogRedactionFilter
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.pool import PoolManager
+from .runtime.sandbox import Launcher, detect_sandbox
+from .secretstore import affected_functions
 from .state import StateDir
 from .tracestore import TraceStore
 from .tracing import (
@@ -54,6 +59,8 @@ RELOAD_INTERVAL = 0.2  # s between stat checks of .flux/: a change is live withi
 SAVE_INTERVAL = 2.0  # s between saves of limiter state and key last-used times
 JSON = ("content-type", "application/json")
 INTERNAL_PREFIX = "/_flux/"
+# Loggers that can carry a function's output or error text: redacted like traces.
+REDACTED_LOGGERS = ("fluxgw.runtime", "fluxgw.gateway", "fluxgw.queue")
 
 
 @attrs.define
@@ -65,6 +72,8 @@ class GatewayOptions:
     prewarm: bool = False
     tracing: bool = True
     max_body: int = MAX_BODY
+    sandbox: bool = True  # run workers under bubblewrap when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env over the stored secrets
 
 
 @attrs.define
@@ -97,12 +106,15 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
+        # Workers get their declared env and secrets, inside the sandbox (detected in load()).
+        self.launcher = Launcher(variables=self._function_env)
         self.pool = PoolManager(
             max_workers=self.options.max_workers,
             min_workers=self.options.min_workers,
             idle_timeout=self.options.idle_timeout,
+            launcher=self.launcher,
         )
-        self.loader = LiveLoader(state)
+        self.loader = LiveLoader(state, dotenv=self.options.dotenv)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
@@ -115,6 +127,8 @@ class Gateway:
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
         self._live = self.loader.load()
+        if not self.launcher.sandbox.enabled:
+            self.launcher.sandbox = detect_sandbox(self.options.sandbox)
         saved = self.state.read_json(self.state.ratelimit_file, default={})
         if isinstance(saved, dict):
             self.limiter.restore({k: float(v) for k, v in saved.items()})
@@ -130,17 +144,37 @@ class Gateway:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
         Runs on the event loop (the pool's bookkeeping uses trio primitives)."""
-        self._live = live
+        previous, self._live = self._live, live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.prewarm)
+        elif previous is not None and previous.secrets != live.secrets:
+            # Only the functions using a changed secret get new workers (after in-flight work).
+            functions = live.deployment.functions
+            self.pool.refresh(affected_functions(functions, previous.secrets, live.secrets))
+
+    def _function_env(self, spec: FunctionSpec) -> dict[str, str]:
+        """A worker's declared environment: flux.json ``env``, then its secrets' values."""
+        secrets = self.live.secrets
+        return {**dict(spec.env), **{n: secrets[n] for n in spec.secrets if n in secrets}}
+
+    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
+        """Run a function; secret values in its logs and errors come back redacted."""
+        try:
+            result = await self.pool.invoke(spec, invocation)
+        except FunctionFailed as failure:
+            raise self.live.redactor.redact_failure(failure) from None
+        return self.live.redactor.redact_result(result)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """All background work; cancel it to stop (saves state, stops workers)."""
         if self._live is None:
             await trio.to_thread.run_sync(self.load)
         assert self._live is not None
+        redaction = LogRedactionFilter(lambda: self.live.redactor)
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(redaction)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
@@ -154,6 +188,8 @@ class Gateway:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
+            for name in REDACTED_LOGGERS:
+                logging.getLogger(name).removeFilter(redaction)
 
     async def _run_queue(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.queue.run_dispatcher(
@@ -339,7 +375,7 @@ class Gateway:
             payload = {"request_id": ex.request_id, "status": "queued"}
             return 202, [JSON], orjson.dumps(payload)
         try:
-            result = await self.pool.invoke(spec, invocation)
+            result = await self.invoke(spec, invocation)
         except FunctionFailed as failure:
             self._runtime_spans(ex, failure=failure)
             raise HttpError(failure.status, failure.code, failure.message) from None
@@ -363,6 +399,7 @@ class Gateway:
             "status": "ok",
             "deployment": live.deployment.version,
             "functions": len(live.deployment.functions),
+            "sandbox": self.launcher.sandbox.note,
         }
         return 200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload)
 
@@ -467,7 +504,7 @@ class Gateway:
         if spec is None:  # removed by a redeploy: fail the job at once, no retries
             raise UnknownFunction(function)
         fresh = attrs.evolve(invocation, deadline=time.time() + spec.timeout)
-        return await self.pool.invoke(spec, fresh)
+        return await self.invoke(spec, fresh)
 
     def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
         self.traces.update_async_state(job.request_id, event, details)

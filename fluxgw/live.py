@@ -7,6 +7,9 @@ of three small files (fingerprint: mtime, size, inode), and parses them in a wor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import attrs
 
 from .cors import CorsPolicy
@@ -15,7 +18,9 @@ from .errors import StateError
 from .keyfile import load_records
 from .keys import KeyStore, KeyStoreError
 from .ratelimit import PLANS, Plan
+from .redact import EMPTY, Redactor
 from .routing import RouteTable
+from .secretstore import current_secrets, secrets_file
 from .settings import ProjectSettings, load_settings
 from .state import Fingerprint, StateDir, fingerprint
 
@@ -28,6 +33,8 @@ class LiveState:
     keys: KeyStore
     deployment: Deployment
     routes: RouteTable
+    secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # name -> value
+    redactor: Redactor = attrs.field(default=EMPTY, repr=False)
 
 
 @attrs.frozen
@@ -35,13 +42,16 @@ class Fingerprints:
     settings: Fingerprint
     keys: Fingerprint
     deployment: Fingerprint
+    secrets: Fingerprint = None
+    dotenv: Fingerprint = None
 
 
 class LiveLoader:
     """Loads LiveState from .flux/, reusing the parts whose file did not change."""
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, dotenv: Path | None = None) -> None:
         self.state = state
+        self.dotenv = dotenv  # `flux dev`: functions/.env, over the stored secrets
         self.seen: Fingerprints | None = None
         self.current: LiveState | None = None
 
@@ -50,6 +60,8 @@ class LiveLoader:
             settings=fingerprint(self.state.settings_file),
             keys=fingerprint(self.state.keys_file),
             deployment=fingerprint(self.state.deployment_file),
+            secrets=fingerprint(secrets_file(self.state)),
+            dotenv=fingerprint(self.dotenv) if self.dotenv else None,
         )
 
     def changed(self) -> bool:
@@ -80,6 +92,15 @@ class LiveLoader:
             routes = RouteTable(deployment.functions)
         else:
             deployment, routes = old.deployment, old.routes
+        if (
+            old is None
+            or previous is None
+            or (marks.secrets, marks.dotenv) != (previous.secrets, previous.dotenv)
+        ):
+            secrets = current_secrets(self.state, self.dotenv)
+            redactor = Redactor(secrets)
+        else:
+            secrets, redactor = old.secrets, old.redactor
         live = LiveState(
             settings=settings,
             plan=PLANS[settings.plan],
@@ -87,6 +108,8 @@ class LiveLoader:
             keys=keys,
             deployment=deployment,
             routes=routes,
+            secrets=secrets,
+            redactor=redactor,
         )
         self.current, self.seen = live, marks
         return live

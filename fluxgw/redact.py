@@ -120,7 +120,8 @@ class Redactor:
                 for i, (base, text) in enumerate(zip(offsets, texts, strict=True)):
                     lo, hi = max(match.start(), base), min(match.end(), base + len(text))
                     if lo < hi or (lo == hi == match.start()):
-                        edits[i].append((lo - base, hi - base, label if lo == match.start() else ""))
+                        first = lo == match.start()
+                        edits[i].append((lo - base, hi - base, label if first else ""))
         out = []
         for line, text, line_edits in zip(run, texts, edits, strict=True):
             if not line_edits:

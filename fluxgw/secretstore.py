@@ -65,8 +65,22 @@ def load_secrets(state: StateDir) -> dict[str, StoredSecret]:
                 raise ValueError(f"{name}: invalid updated_at")
             out[name] = StoredSecret(name, value, float(updated))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise StateError(str(path), f"is not a valid secrets file ({exc}); left untouched") from None
+        problem = f"is not a valid secrets file ({exc}); left untouched"
+        raise StateError(str(path), problem) from None
     return out
+
+
+def current_secrets(state: StateDir, dotenv: Path | None = None) -> dict[str, str]:
+    """Name -> value as functions get them: the stored ones, under ``dotenv``'s (flux dev)."""
+    values = {name: secret.value for name, secret in load_secrets(state).items()}
+    if dotenv is not None and dotenv.is_file():
+        try:
+            local = read_env_file(dotenv)
+            validate(local)
+        except FluxError as exc:
+            raise StateError(str(dotenv), f"is not usable ({exc.message})") from None
+        values.update(local)
+    return values
 
 
 def validate(pairs: Mapping[str, str]) -> None:
@@ -140,3 +154,11 @@ def check_declared(
                     "secrets",
                     f"secret {name} is not set: run 'flux secrets set {name}'{where}",
                 )
+
+
+def affected_functions(
+    specs: Iterable[Any], before: Mapping[str, str], after: Mapping[str, str]
+) -> set[str]:
+    """Names of the functions declaring a secret whose value changed (set, unset, new)."""
+    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    return {spec.name for spec in specs if changed.intersection(spec.secrets)}

@@ -26,6 +26,7 @@ from hypercorn.trio import serve
 
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
+from .runtime.sandbox import Sandbox, mark_non_dumpable
 from .state import StateDir
 
 log = logging.getLogger("fluxgw.server")
@@ -44,6 +45,8 @@ class ServerConfig:
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
+    sandbox: bool = True  # bubblewrap around workers when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -92,9 +95,12 @@ async def _main(config: ServerConfig) -> None:
             max_workers=config.max_workers,
             min_workers=config.min_workers,
             idle_timeout=config.idle_timeout,
+            sandbox=config.sandbox,
+            dotenv=config.dotenv,
         ),
     )
     await trio.to_thread.run_sync(gateway.load)
+    print(sandbox_line(gateway.launcher.sandbox), file=sys.stderr, flush=True)
     tune_garbage_collector()
     shutdown = trio.Event()
 
@@ -183,8 +189,19 @@ def single_gateway(state: StateDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def sandbox_line(sandbox: Sandbox) -> str:
+    """Said once at start: whether functions run in the sandbox, and if not what that means."""
+    if sandbox.enabled:
+        return f"Workers run sandboxed ({sandbox.note})."
+    return (
+        f"warning: workers run WITHOUT a sandbox ({sandbox.note}): a function can read what "
+        "the gateway's user can read, .flux/ included (docs/sandbox.md)"
+    )
+
+
 def run_server(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    mark_non_dumpable()
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:

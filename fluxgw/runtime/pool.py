@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -125,6 +125,15 @@ class PoolManager:
             # cold-start a second worker next to the pre-warm one (see invoke()).
             self._start_prewarm(self._nursery)
         self._wakeup.set()
+        self._notify()
+
+    def refresh(self, names: Collection[str]) -> None:
+        """Fresh workers for the functions in ``names`` (their environment changed): their
+        current workers finish their in-flight invocations, then stop; others are untouched."""
+        for spec, pool in list(self._pools.items()):
+            if spec.name in names:
+                self._retire(pool)
+                self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         self._notify()
 
     def _retire(self, pool: FunctionPool) -> None:

@@ -132,7 +132,7 @@ def bwrap_args(
         "ALL",
     ]
     for kind, source, target in sandbox.layout:
-        args += ["--symlink", source, target] if kind == "symlink" else ["--ro-bind", source, target]
+        args += ["--symlink" if kind == "symlink" else "--ro-bind", source, target]
     for path in ETC_FILES:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
@@ -271,9 +271,7 @@ class Launcher:
         key = (spec.runtime, executable)
         if key not in self._paths:
             self._paths[key] = runtime_paths(spec.runtime, executable)
-        deno_dir = (
-            deno_cache_dir(spec, self.sandbox.enabled) if spec.runtime == "deno" else None
-        )
+        deno_dir = deno_cache_dir(spec, self.sandbox.enabled) if spec.runtime == "deno" else None
         return build_launch(
             spec,
             worker_command(spec.runtime, executable, spec.entry_path),
@@ -283,3 +281,18 @@ class Launcher:
             host_env=os.environ,
             deno_dir=deno_dir,
         )
+
+
+def mark_non_dumpable() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0): other processes of the same user (a function outside the
+    sandbox included) can no longer read this process's memory or /proc/<pid>/environ.
+    Linux only; returns whether it was applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # 4 = PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
