@@ -99,34 +99,36 @@ def setup_project(project: Path) -> str:
 def test_sentinel_reaches_its_functions_and_nothing_else(project: Path) -> None:
     key = setup_project(project)
     answers: list[str] = []
-    with serve(project, env={"GATEWAY_CANARY_VAR": "canary-value-31337"}) as gw:
-        with httpx.Client(base_url=gw.url, headers=bearer(key), timeout=30) as client:
-            for runtime in RUNTIMES:
-                ok = client.get(f"/use_{runtime}")
-                answers.append(ok.text)
-                assert ok.status_code == 200, ok.text
-                assert ok.json() == {
-                    "length": len(SENTINEL),
-                    "sha256": hashlib.sha256(SENTINEL.encode()).hexdigest(),
-                }, runtime
-                failed = client.get(f"/use_{runtime}?fail=1")
-                answers.append(failed.text)
-                assert failed.status_code == 502 and "[secret:SENTINEL_KEY]" in failed.text
-                peek = client.get(f"/peek_{runtime}")
-                answers.append(peek.text)
-                names = peek.json()["names"]
-                assert "SENTINEL_KEY" not in names and "GATEWAY_CANARY_VAR" not in names, names
-            queued = client.get("/use_async?fail=1").json()["request_id"]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                job = client.get(f"/_flux/invocations/{queued}")
-                answers.append(job.text)
-                if job.json()["status"] == "failed":
-                    break
-                time.sleep(0.2)
-            assert job.json()["status"] == "failed", job.text
-            assert "[secret:SENTINEL_KEY]" in job.text
-        listed = flux(project, "trace", "--last", "50", "--json").stdout
+    with (
+        serve(project, env={"GATEWAY_CANARY_VAR": "canary-value-31337"}) as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(key), timeout=30) as client,
+    ):
+        for runtime in RUNTIMES:
+            ok = client.get(f"/use_{runtime}")
+            answers.append(ok.text)
+            assert ok.status_code == 200, ok.text
+            assert ok.json() == {
+                "length": len(SENTINEL),
+                "sha256": hashlib.sha256(SENTINEL.encode()).hexdigest(),
+            }, runtime
+            failed = client.get(f"/use_{runtime}?fail=1")
+            answers.append(failed.text)
+            assert failed.status_code == 502 and "[secret:SENTINEL_KEY]" in failed.text
+            peek = client.get(f"/peek_{runtime}")
+            answers.append(peek.text)
+            names = peek.json()["names"]
+            assert "SENTINEL_KEY" not in names and "GATEWAY_CANARY_VAR" not in names, names
+        queued = client.get("/use_async?fail=1").json()["request_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = client.get(f"/_flux/invocations/{queued}")
+            answers.append(job.text)
+            if job.json()["status"] == "failed":
+                break
+            time.sleep(0.2)
+        assert job.json()["status"] == "failed", job.text
+        assert "[secret:SENTINEL_KEY]" in job.text
+    listed = flux(project, "trace", "--last", "50", "--json").stdout
     ids = [item["request_id"] for item in json.loads(listed)]
     traces = listed + "".join(flux(project, "trace", rid, "--json").stdout for rid in ids)
     output = "".join(gw.output)
@@ -142,24 +144,28 @@ def test_sentinel_reaches_its_functions_and_nothing_else(project: Path) -> None:
 
 
 def test_set_while_serving_reaches_next_call_and_spares_other_workers(project: Path) -> None:
-    ident = "import uuid\nWORKER = uuid.uuid4().hex\ndef handler(request, ctx):\n    return WORKER\n"
-    write_function(project, "reader", "import os\ndef handler(r, c):\n    return os.environ['TOKEN']\n",
-                   secrets=["TOKEN"], method="GET")  # fmt: skip
+    ident = (
+        "import uuid\nWORKER = uuid.uuid4().hex\ndef handler(request, ctx):\n    return WORKER\n"
+    )
+    reader = "import os\ndef handler(r, c):\n    return os.environ['TOKEN']\n"
+    write_function(project, "reader", reader, secrets=["TOKEN"], method="GET")
     write_function(project, "other", ident, method="GET")
     flux(project, "secrets", "set", "TOKEN=first-value")
     flux(project, "deploy")
     key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
-    with serve(project) as gw:
-        with httpx.Client(base_url=gw.url, headers=bearer(key), timeout=30) as client:
-            assert client.get("/reader").json() == "first-value"
-            before = client.get("/other").json()
-            flux(project, "secrets", "set", "TOKEN=second-value")
-            time.sleep(1.0)  # the contract under test: live within 1 s, no deploy
-            assert client.get("/reader").json() == "second-value"
-            assert client.get("/other").json() == before  # same worker: not restarted
-            flux(project, "secrets", "unset", "TOKEN")
-            time.sleep(1.0)
-            assert client.get("/reader").status_code == 502  # KeyError: no longer set
+    with (
+        serve(project) as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(key), timeout=30) as client,
+    ):
+        assert client.get("/reader").json() == "first-value"
+        before = client.get("/other").json()
+        flux(project, "secrets", "set", "TOKEN=second-value")
+        time.sleep(1.0)  # the contract under test: live within 1 s, no deploy
+        assert client.get("/reader").json() == "second-value"
+        assert client.get("/other").json() == before  # same worker: not restarted
+        flux(project, "secrets", "unset", "TOKEN")
+        time.sleep(1.0)
+        assert client.get("/reader").status_code == 502  # KeyError: no longer set
 
 
 def test_deploy_naming_an_unset_secret_is_refused_and_live_stays(project: Path) -> None:
@@ -177,8 +183,7 @@ def test_deploy_naming_an_unset_secret_is_refused_and_live_stays(project: Path) 
 def test_cli_never_prints_values_and_validates(project: Path, tmp_path: Path) -> None:
     env_file = tmp_path / "prod.env"
     env_file.write_text(
-        "# comment\nexport FIRST=one-value-1\nQUOTED='two words'\n"
-        'MULTI="line one\nline two"\n'
+        "# comment\nexport FIRST=one-value-1\nQUOTED='two words'\nMULTI=\"line one\nline two\"\n"
     )
     done = flux(project, "secrets", "set", "--env-file", str(env_file))
     piped = subprocess.run(
