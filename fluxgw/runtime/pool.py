@@ -236,6 +236,10 @@ class PoolManager:
         )
 
     async def _crashed(self, worker: Worker, logs: list[LogLine]) -> FunctionFailed:
+        # A moment for its own exit status first: in the sandbox, bwrap passes the function's
+        # exit code on a few ms after the pipe closed, and a kill now would hide it.
+        with trio.move_on_after(0.2):
+            await worker.process.wait()
         worker.kill()
         with trio.move_on_after(0.5):
             await worker.process.wait()

@@ -216,3 +216,26 @@ def test_cli_never_prints_values_and_validates(project: Path, tmp_path: Path) ->
     assert "FIRST" not in flux(project, "secrets", "list").stdout
     mode = (project / ".flux" / "secrets.json").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_flux_dev_reads_functions_env_over_stored_values(project: Path) -> None:
+    reader = (
+        "import os\ndef handler(r, c):\n    return [os.environ['A_KEY'], os.environ['B_KEY']]\n"
+    )
+    write_function(project, "reader", reader, secrets=["A_KEY", "B_KEY"], method="GET")
+    flux(project, "secrets", "set", "A_KEY=stored-a", "B_KEY=stored-b")
+    dotenv = project / "functions" / ".env"
+    dotenv.write_text("B_KEY='local b'\n")
+    key = flux(project, "api-keys", "create", "--name", "k").stdout.strip()
+    with (
+        serve(project, command="dev") as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(key), timeout=30) as client,
+    ):
+        assert client.get("/reader").json() == ["stored-a", "local b"]
+        dotenv.write_text("B_KEY=changed\nA_KEY=local-a\n")
+        deadline = time.monotonic() + 5
+        while client.get("/reader").json() != ["local-a", "changed"]:
+            assert time.monotonic() < deadline, "functions/.env change not picked up"
+            time.sleep(0.1)
+    assert not list((project / ".flux" / "deployments").glob("*/functions/.env"))
+    assert not [line for line in gw.output if "redeployed version" in line]  # no redeploy
