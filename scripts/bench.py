@@ -7,7 +7,7 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile]
+Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile] [--only NAME[,NAME]]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import devreload, inproc, profile, report, servers
+from benchlib import sandbox as sandbox_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -30,6 +31,8 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
+# --only NAME[,NAME]: "core" is everything above the sections named after it.
+SECTIONS = ("core", "sandbox")
 
 
 class Settings:
@@ -482,8 +485,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
+    parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections ({', '.join(SECTIONS)}); without core, the rows are "
+        "printed and BENCHMARKS.md is left alone",
+    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if only - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -500,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: dict[str, Any] = {"date": report.now_utc(), "load_before": os.getloadavg()[0]}
+    if "core" not in only:
+        return run_sections(s, only, results, available)
     results["machine"] = report.machine(find_runtime("node"), find_runtime("deno"), wrk_version())
     log("in process: rate limiter, KeyStore memory, route lookup")
     results["limiter"] = inproc.limiter_decisions_per_second(s.decisions, keys=2_000)
@@ -532,10 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.profile:
             shutil.rmtree(work, ignore_errors=True)
+    extra_rows = sections(s, only, results, available)
     results["elapsed_s"] = time.monotonic() - started
     results["load_after"] = os.getloadavg()[0]
 
     rows, detail, notes = build(s, results)
+    rows += extra_rows
     kept = report.kept_notes(args.out)
     args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
@@ -546,6 +562,29 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
+    return 0
+
+
+def sections(
+    s: Settings, only: set[str], results: dict[str, Any], available: list[str]
+) -> list[list[str]]:
+    """The named sections after core: each measures on its own, returns summary rows."""
+    rows: list[list[str]] = []
+    if "sandbox" in only:
+        log("sandbox: cold start and warm throughput with and without; 50 secrets")
+        results["sandbox"] = sandbox_bench.measure(available, s.quick)
+        rows += sandbox_bench.summary_rows(results["sandbox"])
+    return rows
+
+
+def run_sections(s: Settings, only: set[str], results: dict[str, Any], available: list[str]) -> int:
+    """--only without core: measure the named sections and print their rows."""
+    try:
+        rows = sections(s, only, results, available)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    print(report.text_table(SUMMARY_HEADER, rows))
     return 0
 
 

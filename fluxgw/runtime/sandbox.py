@@ -169,8 +169,9 @@ def runtime_paths(runtime: str, executable: str) -> list[str]:
     paths = {str(SHIMS_DIR), str(Path(fluxgw.__file__).resolve().parent)}
     real = Path(executable).resolve()
     if runtime == "python":
-        paths |= {sys.prefix, sys.base_prefix, sys.exec_prefix, str(real.parent)}
-        paths |= {p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p}
+        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(real.parent)}
+        prefixes |= {p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p}
+        paths |= {os.path.abspath(p) for p in prefixes}
     else:
         # node from a distribution lives in /usr; from nvm or a tarball, under <prefix>/bin.
         prefix = real.parent.parent if real.parent.name == "bin" else real.parent
@@ -217,12 +218,17 @@ def _probe(sandbox: Sandbox) -> str | None:
         entry="python_worker.py",
     )
     # In its own pid namespace the command is pid 2 (bwrap's init is 1).
-    command = [sys.executable, "-I", "-c", "import os, sys; sys.exit(os.getpid() > 9)"]
+    command = [
+        os.path.abspath(sys.executable),
+        "-I",
+        "-c",
+        "import os,sys; sys.exit(os.getpid() > 9)",
+    ]
     launch = build_launch(
         probe,
         command,
         sandbox=sandbox,
-        read_only=runtime_paths("python", sys.executable),
+        read_only=runtime_paths("python", command[0]),
         variables={},
         host_env=os.environ,
     )
@@ -268,6 +274,8 @@ class Launcher:
         self._paths: dict[tuple[str, str], list[str]] = {}
 
     def __call__(self, spec: FunctionSpec, executable: str) -> WorkerLaunch:
+        # Normalised ("venv/../bin" would not exist in the sandbox), symlinks kept (a venv).
+        executable = os.path.abspath(executable)
         key = (spec.runtime, executable)
         if key not in self._paths:
             self._paths[key] = runtime_paths(spec.runtime, executable)
