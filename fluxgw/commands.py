@@ -97,6 +97,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        loop=args.loop,
         sandbox=not args.no_sandbox,
         **pool_options(args),
     )
@@ -133,6 +134,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        loop=args.loop,
         sandbox=not args.no_sandbox,
         dotenv=dotenv,
         **pool_options(args),

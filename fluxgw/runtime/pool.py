@@ -20,7 +20,8 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from ..project import FunctionSpec
 from . import protocol
@@ -46,7 +47,7 @@ class FunctionPool:
         self.spec = spec
         self.generation = generation
         # One slot per worker that may exist: waiting here counts against the deadline.
-        self.slots = trio.Semaphore(max_workers)
+        self.slots = anyio.Semaphore(max_workers)
         self.idle: list[Worker] = []  # LIFO: the warmest worker first, the rest can be reaped
         self.busy: set[Worker] = set()
         self.starting = 0
@@ -100,10 +101,10 @@ class PoolManager:
         self._draining: list[FunctionPool] = []  # old generations with workers still busy
         self._prewarm: list[FunctionPool] = []
         self._workers: set[Worker] = set()
-        self._nursery: trio.Nursery | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
         self._closed = False
-        self._wakeup = trio.Event()
-        self._changed = trio.Event()
+        self._wakeup = anyio.Event()
+        self._changed = anyio.Event()
 
     # -- deploy -----------------------------------------------------------------------------
 
@@ -120,10 +121,10 @@ class PoolManager:
         for pool in old.values():
             self._retire(pool)
         self._prewarm = list(self._pools.values()) if prewarm else []
-        if self._nursery is not None and not self._closed:
+        if self._tasks is not None and not self._closed:
             # Now, not at the run loop's next wake-up: a request arriving meanwhile would
             # cold-start a second worker next to the pre-warm one (see invoke()).
-            self._start_prewarm(self._nursery)
+            self._start_prewarm(self._tasks)
         self._wakeup.set()
         self._notify()
 
@@ -170,9 +171,9 @@ class PoolManager:
         logs: list[LogLine] = []
         worker: Worker | None = None
         phase = "waiting for a free worker"
-        started = trio.current_time()
+        started = anyio.current_time()
         # One cancel scope covers the wait for a slot, the cold start and the call.
-        with trio.move_on_at(started + (deadline - now)) as scope:
+        with anyio.CancelScope(deadline=started + (deadline - now)) as scope:
             warm_wait_ms = 0.0
             if pool.warming and not pool.idle:
                 # Its pre-warm worker is on the way (just deployed): wait for it rather than
@@ -180,19 +181,19 @@ class PoolManager:
                 # slot, as the pre-warm may still need one.
                 phase = "starting its worker"
                 await self._wait_until(lambda: bool(pool.idle) or not pool.warming)
-                warm_wait_ms = (trio.current_time() - started) * 1000
+                warm_wait_ms = (anyio.current_time() - started) * 1000
             async with pool.slots:
-                queued_ms = (trio.current_time() - started) * 1000 - warm_wait_ms
+                queued_ms = (anyio.current_time() - started) * 1000 - warm_wait_ms
                 worker = pool.take_idle()
                 cold, startup_ms = worker is None or warm_wait_ms > 0, warm_wait_ms
                 if worker is None:
                     phase = "starting its worker"
-                    spawn_at = trio.current_time()
+                    spawn_at = anyio.current_time()
                     worker = await self._start_worker(pool)
-                    startup_ms += (trio.current_time() - spawn_at) * 1000
+                    startup_ms += (anyio.current_time() - spawn_at) * 1000
                 phase = "running"
                 pool.busy.add(worker)
-                call_at = trio.current_time()
+                call_at = anyio.current_time()
                 try:
                     answer = await worker.call(request, invocation.body, logs)
                 except protocol.ProtocolError as exc:
@@ -207,7 +208,7 @@ class PoolManager:
                     raise await self._crashed(worker, logs) from None
                 finally:
                     self._release(pool, worker)
-                run_ms = (trio.current_time() - call_at) * 1000
+                run_ms = (anyio.current_time() - call_at) * 1000
             if isinstance(answer, protocol.HandlerError):
                 logs.extend(_lines("stderr", answer.traceback))
                 message = f"function {spec.name} raised {answer.error}"
@@ -226,7 +227,7 @@ class PoolManager:
         assert scope.cancelled_caught
         if worker is not None:
             worker.kill()  # mid-conversation: its pipes are out of sync, never reuse it
-        elapsed = trio.current_time() - started
+        elapsed = anyio.current_time() - started
         message = (
             f"function {spec.name} timed out after {elapsed:.1f} s while {phase} "
             f"(timeout {spec.timeout:g} s)"
@@ -238,10 +239,10 @@ class PoolManager:
     async def _crashed(self, worker: Worker, logs: list[LogLine]) -> FunctionFailed:
         # A moment for its own exit status first: in the sandbox, bwrap passes the function's
         # exit code on a few ms after the pipe closed, and a kill now would hide it.
-        with trio.move_on_after(0.2):
+        with anyio.move_on_after(0.2):
             await worker.process.wait()
         worker.kill()
-        with trio.move_on_after(0.5):
+        with anyio.move_on_after(0.5):
             await worker.process.wait()
         code = worker.process.returncode
         if code is None:
@@ -255,8 +256,8 @@ class PoolManager:
 
     async def _start_worker(self, pool: FunctionPool) -> Worker:
         """Spawn a worker for ``pool`` and wait until its module is loaded."""
-        nursery = self._nursery
-        if nursery is None or self._closed:
+        tasks = self._tasks
+        if tasks is None or self._closed:
             raise FunctionFailed(502, "runtime_unavailable", "the runtime pool is not running")
         spec = pool.spec
         executable = self._finder.find(spec.runtime)
@@ -271,7 +272,7 @@ class PoolManager:
             hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not be started"
             raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None
         self._workers.add(worker)
-        nursery.start_soon(self._supervise, pool, worker)
+        tasks.start_soon(self._supervise, pool, worker)
         pool.starting += 1
         try:
             await worker.wait_ready()
@@ -308,26 +309,29 @@ class PoolManager:
 
     # -- background -------------------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Reap idle workers, pre-warm, own the workers; on exit, stop every worker."""
-        if self._nursery is not None:
+        if self._tasks is not None:
             raise RuntimeError("PoolManager.run() is already running")
         tick = max(0.05, min(1.0, self._idle_timeout / 4))
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
                 task_status.started()
                 while not self._closed:
-                    with trio.move_on_after(tick):
+                    with anyio.move_on_after(tick):
                         await self._wakeup.wait()
-                    self._wakeup = trio.Event()
+                    self._wakeup = anyio.Event()
                     self.reap_idle()
-                    self._start_prewarm(nursery)
-                # aclose() asked every worker to stop; the nursery waits for their supervisors.
+                    self._start_prewarm(tasks)
+                # aclose() asked every worker to stop; the task group waits for their
+                # supervisors.
         finally:
             # Cancelled (server stop): each supervisor terminates its worker under a shield.
             self._closed = True
-            self._nursery = None
+            self._tasks = None
 
     def reap_idle(self) -> None:
         """Stop workers idle for ``idle_timeout`` (oldest first), keeping ``min_workers``."""
@@ -341,7 +345,7 @@ class PoolManager:
                     worker.request_stop()
         self._draining = [pool for pool in self._draining if pool.size]
 
-    def _start_prewarm(self, nursery: trio.Nursery) -> None:
+    def _start_prewarm(self, tasks: anyio.abc.TaskGroup) -> None:
         pools, self._prewarm = self._prewarm, []
         target = max(1, self._min_workers)
         for pool in pools:
@@ -349,7 +353,7 @@ class PoolManager:
                 continue
             for _ in range(target - pool.size):
                 pool.warming += 1
-                nursery.start_soon(self._prewarm_one, pool)
+                tasks.start_soon(self._prewarm_one, pool)
 
     async def _prewarm_one(self, pool: FunctionPool) -> None:
         try:
@@ -373,7 +377,7 @@ class PoolManager:
             for worker in pool.idle:
                 worker.request_stop()
             pool.idle.clear()
-        with trio.move_on_after(self._grace_period):
+        with anyio.move_on_after(self._grace_period):
             await self._wait_until(lambda: not any(p.busy or p.starting for p in self._all_pools()))
         for worker in list(self._workers):
             worker.request_stop()
@@ -395,7 +399,7 @@ class PoolManager:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
         while True:

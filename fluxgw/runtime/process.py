@@ -25,7 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
+import anyio.lowlevel
 
 from ..project import FunctionSpec
 from . import protocol
@@ -61,6 +63,51 @@ def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
     return env
 
 
+class PipeStream:
+    """One end of an ``os.pipe()`` as a byte stream.
+
+    anyio has no equivalent of trio's ``FdStream`` (its streams wrap sockets, files and a
+    process's own stdio), so this waits on the descriptor with ``anyio.wait_readable`` /
+    ``wait_writable``, which works on trio and asyncio (uvloop included) alike.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` at end of stream."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                return os.read(self.fd, max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+
+    async def send_all(self, data: bytes) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+            except (BrokenPipeError, ConnectionResetError):
+                raise anyio.BrokenResourceError from None
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self.fd)  # wakes a task waiting on it
+            os.close(self.fd)
+        await anyio.lowlevel.checkpoint()
+
+
 def _log_lines(stream: str, text: str) -> list[LogLine]:
     now = time.time()
     return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
@@ -72,9 +119,9 @@ class Worker:
     def __init__(
         self,
         spec: FunctionSpec,
-        process: trio.Process,
-        answers: trio.lowlevel.FdStream,
-        requests: trio.lowlevel.FdStream,
+        process: anyio.abc.Process,
+        answers: PipeStream,
+        requests: PipeStream,
     ) -> None:
         self.spec = spec
         self.process = process
@@ -86,10 +133,10 @@ class Worker:
         self.started_at = time.monotonic()
         self.last_used = 0.0  # pool clock reading when it last became idle
         self.invocations = 0
-        self.stop_requested = trio.Event()
-        self.exited = trio.Event()
+        self.stop_requested = anyio.Event()
+        self.exited = anyio.Event()
         self.returncode: int | None = None
-        self._output_done = trio.Event()
+        self._output_done = anyio.Event()
 
     @classmethod
     async def spawn(
@@ -105,7 +152,7 @@ class Worker:
             env = {**env, "FLUX_PROTOCOL_FD": str(write_fd)}
         env["FLUX_REQUEST_FD"] = str(request_read)
         try:
-            process = await trio.lowlevel.open_process(
+            process = await anyio.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -123,9 +170,7 @@ class Worker:
             # The child holds them now; our copies would hide its EOF / keep its input open.
             os.close(write_fd)
             os.close(request_read)
-        return cls(
-            spec, process, trio.lowlevel.FdStream(read_fd), trio.lowlevel.FdStream(request_write)
-        )
+        return cls(spec, process, PipeStream(read_fd), PipeStream(request_write))
 
     @property
     def alive(self) -> bool:
@@ -144,7 +189,7 @@ class Worker:
             if event is protocol.NEED_DATA:
                 try:
                     data = await self._answers.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     data = b""
                 self.protocol.receive_data(data)
                 continue
@@ -196,7 +241,7 @@ class Worker:
         try:
             frame = self.protocol.send_invoke(request, body)
             # If it died, sending fails: reading then tells us how (end of stream).
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await self._requests.send_all(frame)
             event = await self._next_event()
             if isinstance(event, protocol.Result | protocol.HandlerError):
@@ -228,29 +273,29 @@ class Worker:
         self.stop_requested.set()
 
     async def _wait_exit(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
+        with anyio.move_on_after(timeout):
             await self.process.wait()
             self.returncode = self.process.returncode
 
     async def supervise(self) -> None:
         """Own the process until it is gone: drain fd 1/2, honour stop requests, reap it.
 
-        Runs in the pool's nursery; on cancellation (server stop) it still terminates the
+        Runs in the pool's task group; on cancellation (server stop) it still terminates the
         group (SIGTERM, SIGKILL after KILL_GRACE) under a shield, so no process outlives it.
         """
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain_output)
-                nursery.start_soon(self._stop_when_requested)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._drain_output)
+                tasks.start_soon(self._stop_when_requested)
                 await self.process.wait()
                 # Children may still hold fd 1/2 open: kill the group, then let the drain
                 # read what is left in the pipe for a moment.
                 self._signal_group(signal.SIGKILL)
-                with trio.move_on_after(0.2):
+                with anyio.move_on_after(0.2):
                     await self._output_done.wait()
-                nursery.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 if self.process.returncode is None:
                     self._signal_group(signal.SIGTERM)
                     await self._wait_exit(KILL_GRACE)
@@ -264,10 +309,10 @@ class Worker:
 
     async def _stop_when_requested(self) -> None:
         await self.stop_requested.wait()
-        with trio.move_on_after(0.1):
+        with anyio.move_on_after(0.1):
             await self._requests.aclose()  # end of input: the worker exits
         self._signal_group(signal.SIGTERM)
-        await trio.sleep(KILL_GRACE)
+        await anyio.sleep(KILL_GRACE)
         self._signal_group(signal.SIGKILL)
 
     async def _drain_output(self) -> None:
@@ -278,8 +323,8 @@ class Worker:
         try:
             while True:
                 try:
-                    data = await stream.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = await stream.receive(READ_SIZE)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     data = b""
                 if not data:
                     break

@@ -43,14 +43,14 @@ def _invocation(i: int) -> Any:
 
 async def _cold_once(spec: Any, sandbox: Any) -> float:
     """ms from a fresh pool's first invoke to its answer (spawn, sandbox, module load)."""
-    import trio
+    import anyio
 
     from fluxgw.runtime.pool import PoolManager
     from fluxgw.runtime.sandbox import Launcher
 
     pool = PoolManager(grace_period=5, launcher=Launcher(sandbox))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(pool.run)
         pool.deploy([spec])
         start = time.perf_counter()
         result = await pool.invoke(spec, _invocation(0))
@@ -63,7 +63,7 @@ async def _cold_once(spec: Any, sandbox: Any) -> float:
 
 async def _warm_once(spec: Any, sandbox: Any, seconds: float) -> float:
     """Invocations/s of 4 concurrent callers on warm workers."""
-    import trio
+    import anyio
 
     from fluxgw.runtime.pool import PoolManager
     from fluxgw.runtime.sandbox import Launcher
@@ -77,15 +77,15 @@ async def _warm_once(spec: Any, sandbox: Any, seconds: float) -> float:
             await pool.invoke(spec, _invocation(count))
             count += 1
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(pool.run)
         pool.deploy([spec])
-        async with trio.open_nursery() as callers:  # warm-up: start all 4 workers
+        async with anyio.create_task_group() as callers:  # warm-up: start all 4 workers
             for _ in range(4):
                 callers.start_soon(caller, time.perf_counter() + 1.5)
         count = 0
         start = time.perf_counter()
-        async with trio.open_nursery() as callers:
+        async with anyio.create_task_group() as callers:
             for _ in range(4):
                 callers.start_soon(caller, start + seconds)
         rate = count / (time.perf_counter() - start)
@@ -96,7 +96,7 @@ async def _warm_once(spec: Any, sandbox: Any, seconds: float) -> float:
 def cold_and_warm(runtimes: list[str], cold_runs: int, warm_seconds: float) -> dict:
     """Per runtime: cold start ms (median) and warm invocations/s, sandboxed and bare,
     alternated so a drift of the shared machine hits both."""
-    import trio
+    import anyio
 
     from fluxgw.runtime.sandbox import NO_SANDBOX, detect_sandbox
 
@@ -111,13 +111,13 @@ def cold_and_warm(runtimes: list[str], cold_runs: int, warm_seconds: float) -> d
             cold: dict[str, list[float]] = {m: [] for m in modes}
             warm: dict[str, list[float]] = {m: [] for m in modes}
             for mode in modes:  # page cache, deno's compile cache: not counted
-                trio.run(_cold_once, spec, modes[mode])
+                anyio.run(_cold_once, spec, modes[mode])
             for _ in range(cold_runs):
                 for mode in modes:
-                    cold[mode].append(trio.run(_cold_once, spec, modes[mode]))
+                    cold[mode].append(anyio.run(_cold_once, spec, modes[mode]))
             for _ in range(2):
                 for mode in modes:
-                    warm[mode].append(trio.run(_warm_once, spec, modes[mode], warm_seconds))
+                    warm[mode].append(anyio.run(_warm_once, spec, modes[mode], warm_seconds))
             out[runtime] = {
                 "cold_ms": {m: statistics.median(v) for m, v in cold.items()},
                 "warm_rps": {m: max(v) for m, v in warm.items()},
@@ -138,7 +138,7 @@ def secrets_overhead(seconds: float, count: int = 50) -> dict:
     """Requests/s of the embedded gateway with 50 secrets declared (and redacted) vs none."""
     import json
 
-    import trio
+    import anyio
 
     from fluxgw.redact import Redactor
     from fluxgw.testing import open_gateway
@@ -174,7 +174,7 @@ def secrets_overhead(seconds: float, count: int = 50) -> dict:
 
         for _ in range(3):
             for label in results:
-                trio.run(run, label)
+                anyio.run(run, label)
     redactor = Redactor(secrets)
     text = ("a log line with nothing secret in it, just text and numbers 1234567890\n") * 15_000
     start = time.perf_counter()
