@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -142,3 +144,16 @@ def test_launch_in_bwrap_binds_only_runtime_and_own_folder(tmp_path: Path) -> No
     assert argv.index("--tmpfs") < argv.index(str(tmp_path))  # folder laid over the tmpfs
     env = launch.env_dict
     assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp" and env["K"] == "v"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_the_gateway_process_can_mark_itself_non_dumpable() -> None:
+    code = (
+        "import ctypes; from fluxgw.runtime.sandbox import mark_non_dumpable\n"
+        "libc = ctypes.CDLL(None)\n"
+        "before = libc.prctl(3, 0, 0, 0, 0)\n"  # 3 = PR_GET_DUMPABLE
+        "assert mark_non_dumpable()\n"
+        "print(before, libc.prctl(3, 0, 0, 0, 0))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["1", "0"], done.stderr
