@@ -277,8 +277,9 @@ class Launcher:
         # Normalised ("venv/../bin" would not exist in the sandbox), symlinks kept (a venv).
         executable = os.path.abspath(executable)
         key = (spec.runtime, executable)
-        if key not in self._paths:
-            self._paths[key] = runtime_paths(spec.runtime, executable)
+        if key not in self._paths:  # only the sandbox binds them
+            paths = self.sandbox.enabled and runtime_paths(spec.runtime, executable)
+            self._paths[key] = paths or []
         deno_dir = deno_cache_dir(spec, self.sandbox.enabled) if spec.runtime == "deno" else None
         return build_launch(
             spec,
