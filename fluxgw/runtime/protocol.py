@@ -236,24 +236,25 @@ class WorkerProtocol:
             ts = _field(header, "ts", (int, float))
             return Log(stream, _field(header, "text", str), float(ts))
         if kind == "ready" and self.state is State.STARTING:
-            event = Ready(_field(header, "pid", int), _field(header, "runtime", str))
+            ready = Ready(_field(header, "pid", int), _field(header, "runtime", str))
             self.state = State.IDLE
-            return event
+            return ready
         if kind == "start_failed" and self.state is State.STARTING:
             self.state = State.FAILED
             return StartFailed(_field(header, "error", str), str(header.get("traceback", "")))
         if kind in ("result", "error") and self.state is State.BUSY:
-            if header.get("id") != self.current_id:
+            invocation_id = self.current_id
+            if invocation_id is None or header.get("id") != invocation_id:
                 raise ProtocolError(f"{kind} frame for invocation {header.get('id')!r}")
             event: Event
             if kind == "result":
                 status = _field(header, "status", int)
                 if not 100 <= status <= 599:
                     raise ProtocolError(f"result frame: status {status} out of range")
-                event = Result(self.current_id, status, _headers(header.get("headers")), body)
+                event = Result(invocation_id, status, _headers(header.get("headers")), body)
             else:
                 error = _field(header, "error", str)
-                event = HandlerError(self.current_id, error, str(header.get("traceback", "")))
+                event = HandlerError(invocation_id, error, str(header.get("traceback", "")))
             self.state = State.IDLE
             self.current_id = None
             return event

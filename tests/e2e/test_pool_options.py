@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import psutil
 import pytest
-import trio
 from conftest import flux, serve, write_function
 
 from fluxgw.runtime.discovery import find_runtime
@@ -83,9 +83,9 @@ async def test_prewarm_max_workers_and_idle_reaping(project: Path) -> None:
                 request_ids.append(response.headers["x-request-id"])
 
             started = time.monotonic()
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tasks:
                 for _ in range(3):
-                    nursery.start_soon(one)
+                    tasks.start_soon(one)
             assert time.monotonic() - started >= 0.85
             # --max-workers 1: one warm (pre-started) worker serves the three, one at a time.
             # Its pid as the gateway knows it (the trace's), not os.getpid(): inside the worker

@@ -22,13 +22,18 @@ import struct
 import sys
 import time
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: collections is not worth importing at cold start
+    from collections.abc import Callable
 
 PREFIX = struct.Struct(">II")
 MAX_BODY = 6 * 1024 * 1024
 MAX_LINE = 16 * 1024  # split very long lines so one print cannot make a huge frame
 CO_COROUTINE = 0x80
 
+_encode_frame_header: Callable[[dict[str, Any]], bytes]
+_decode_frame_header: Callable[[bytes], Any]
 try:  # frames only; a function's own return value keeps json's semantics (see _json)
     import orjson
 
@@ -36,9 +41,10 @@ try:  # frames only; a function's own return value keeps json's semantics (see _
     _decode_frame_header = orjson.loads
 except ImportError:  # fluxgw depends on orjson, but the shim must not
 
-    def _encode_frame_header(header: dict[str, Any]) -> bytes:
+    def _json_frame_header(header: dict[str, Any]) -> bytes:
         return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
 
+    _encode_frame_header = _json_frame_header
     _decode_frame_header = json.loads
 
 _write_lock = _thread.allocate_lock()  # user threads may print while we answer
@@ -323,8 +329,8 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     stdout, stderr = CaptureStream("stdout", 1), CaptureStream("stderr", 2)
-    sys.stdout = sys.__stdout__ = stdout  # type: ignore[misc]
-    sys.stderr = sys.__stderr__ = stderr  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = stdout  # type: ignore[misc, assignment]
+    sys.stderr = sys.__stderr__ = stderr  # type: ignore[misc, assignment]
     entry = os.path.abspath(sys.argv[1])
     try:
         handler = load(entry)
