@@ -97,7 +97,7 @@ class LiveLoader:
             or previous is None
             or (marks.secrets, marks.dotenv) != (previous.secrets, previous.dotenv)
         ):
-            secrets = current_secrets(self.state, self.dotenv)
+            secrets: Mapping[str, str] = current_secrets(self.state, self.dotenv)
             redactor = Redactor(secrets)
         else:
             secrets, redactor = old.secrets, old.redactor

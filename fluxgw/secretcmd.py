@@ -77,8 +77,8 @@ def _read_stdin(name: str) -> str:
 
 
 def _list(state: StateDir, as_json: bool) -> int:
-    from .cli import print_json, print_table, relative_time
     from .deploy import load_deployment
+    from .printing import print_json, print_table, relative_time
     from .secretstore import load_secrets
 
     stored = load_secrets(state)
