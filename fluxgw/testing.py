@@ -30,6 +30,7 @@ import httpx
 from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
+from .runtime.options import DEFAULT_POOL, PoolOptions
 from .secretstore import set_secrets, unset_secrets
 from .settings import load_settings, update_settings
 from .state import StateDir
@@ -125,7 +126,7 @@ async def open_gateway(
     clock: FakeClock | None = None,
     in_process: bool = False,
     tracing: bool = True,
-    max_workers: int = 4,
+    max_workers: int = DEFAULT_POOL.max_workers,
     secrets: Mapping[str, str] | None = None,
     sandbox: bool = True,
 ) -> AsyncIterator[FluxTestGateway]:
@@ -155,8 +156,7 @@ async def open_gateway(
             GatewayOptions(
                 clock=clock,
                 tracing=tracing,
-                max_workers=max_workers,
-                prewarm=False,
+                pool=PoolOptions(max_workers=max_workers),
                 sandbox=sandbox,
             ),
         )

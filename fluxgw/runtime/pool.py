@@ -27,17 +27,13 @@ from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
 from .discovery import RuntimeFinder, default_finder
-from .process import Worker, WorkerGone
+from .options import PoolOptions
+from .process import Worker, WorkerGone, log_lines
 from .sandbox import Launcher, WorkerLaunch
 
 logger = logging.getLogger("fluxgw.runtime")
 
-__all__ = ["PoolManager", "runtime_problem"]
-
-
-def runtime_problem(runtime: str) -> str | None:
-    """Re-exported from :mod:`.discovery`: None if ``runtime`` is available, else how to fix."""
-    return default_finder.problem(runtime)
+__all__ = ["PoolManager"]
 
 
 class FunctionPool:
@@ -78,24 +74,23 @@ class PoolManager:
 
     def __init__(
         self,
+        options: PoolOptions | None = None,
         *,
-        max_workers: int = 4,
-        min_workers: int = 0,
-        idle_timeout: float = 300.0,
         grace_period: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
         launcher: Callable[[FunctionSpec, str], WorkerLaunch] | None = None,
     ) -> None:
-        if max_workers < 1 or min_workers < 0 or min_workers > max_workers:
-            raise ValueError("need 0 <= min_workers <= max_workers and max_workers >= 1")
-        self._max_workers = max_workers
-        self._min_workers = min_workers
-        self._idle_timeout = idle_timeout
-        self._grace_period = grace_period
-        self._clock = clock
-        self._finder = finder or default_finder
+        options = options or PoolOptions()
         self._launcher = launcher or Launcher()  # argv + env of a worker (sandbox.py)
+        self._max_workers = options.max_workers
+        self._min_workers = options.min_workers
+        self._idle_timeout = options.idle_timeout
+        self._grace_period = grace_period
+        self._clock = clock  # idle reaping
+        self._wall_clock = wall_clock  # invocation deadlines are epoch seconds
+        self._finder = finder or default_finder
         self._generation = 0
         self._pools: dict[FunctionSpec, FunctionPool] = {}
         self._draining: list[FunctionPool] = []  # old generations with workers still busy
@@ -165,7 +160,7 @@ class PoolManager:
         if len(invocation.body) > protocol.MAX_BODY:
             raise FunctionFailed(413, "payload_too_large", "request body exceeds 6 MiB")
         pool = self._pool_for(spec)
-        now = time.time()
+        now = self._wall_clock()
         deadline = min(invocation.deadline, now + spec.timeout)
         request = _request_header(spec, invocation, deadline)
         logs: list[LogLine] = []
@@ -210,7 +205,7 @@ class PoolManager:
                     self._release(pool, worker)
                 run_ms = (anyio.current_time() - call_at) * 1000
             if isinstance(answer, protocol.HandlerError):
-                logs.extend(_lines("stderr", answer.traceback))
+                logs.extend(log_lines("stderr", answer.traceback))
                 message = f"function {spec.name} raised {answer.error}"
                 raise FunctionFailed(502, "function_error", message, tuple(logs), worker.pid)
             return InvocationResult(
@@ -407,11 +402,6 @@ class PoolManager:
             if predicate():
                 return
             await changed.wait()
-
-
-def _lines(stream: str, text: str) -> list[LogLine]:
-    now = time.time()
-    return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:

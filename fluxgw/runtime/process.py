@@ -108,7 +108,8 @@ class PipeStream:
         await anyio.lowlevel.checkpoint()
 
 
-def _log_lines(stream: str, text: str) -> list[LogLine]:
+def log_lines(stream: str, text: str) -> list[LogLine]:
+    """A traceback or other text as log lines of one stream, stamped now."""
     now = time.time()
     return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
 
@@ -130,9 +131,7 @@ class Worker:
         self._answers = answers
         self._requests = requests
         self.sink: list[LogLine] | None = None  # the current invocation's log lines
-        self.started_at = time.monotonic()
         self.last_used = 0.0  # pool clock reading when it last became idle
-        self.invocations = 0
         self.stop_requested = anyio.Event()
         self.exited = anyio.Event()
         self.returncode: int | None = None
@@ -221,7 +220,7 @@ class Worker:
         if isinstance(event, protocol.Ready):
             return
         if isinstance(event, protocol.StartFailed):
-            logs = (*startup_logs, *_log_lines("stderr", event.traceback))
+            logs = (*startup_logs, *log_lines("stderr", event.traceback))
             message = f"function {self.spec.name} failed to start: {event.error}"
             raise FunctionFailed(502, "function_failed_to_start", message, logs, self.pid)
         # It exited before saying anything: a broken runtime or shim. Show its last words.
@@ -237,7 +236,6 @@ class Worker:
     ) -> protocol.Result | protocol.HandlerError:
         """Send one invocation and wait for its answer. Raises WorkerGone / ProtocolError."""
         self.sink = sink
-        self.invocations += 1
         try:
             frame = self.protocol.send_invoke(request, body)
             # If it died, sending fails: reading then tells us how (end of stream).
