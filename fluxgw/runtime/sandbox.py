@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -39,17 +39,12 @@ ETC_FILES = (
     "/etc/host.conf",
     "/etc/ssl",
     "/etc/ca-certificates",
-    "/etc/pki",
     "/etc/localtime",
     "/etc/timezone",
     "/etc/passwd",
     "/etc/group",
     "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
     "/etc/alternatives",
-    "/etc/mime.types",
-    "/etc/os-release",
 )
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")  # locale and time zone follow the gateway's
@@ -176,8 +171,17 @@ def runtime_paths(runtime: str, executable: str) -> list[str]:
         # node from a distribution lives in /usr; from nvm or a tarball, under <prefix>/bin.
         prefix = real.parent.parent if real.parent.name == "bin" else real.parent
         paths |= {str(prefix), str(Path(executable).parent)}  # the link itself, and its target
-    covered = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
-    return sorted(p for p in paths if not (p + "/").startswith(covered) and p != "/")
+    return outermost(p for p in paths if p != "/")
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` without those inside /usr (always bound) or inside another one: every bind
+    mount is a little more start-up time for each worker."""
+    kept: list[str] = []
+    for path in sorted(set(paths)):
+        if not (path + "/").startswith(("/usr/", *(k + "/" for k in kept))):
+            kept.append(path)
+    return kept
 
 
 def deno_cache_dir(spec: FunctionSpec, sandboxed: bool) -> str:

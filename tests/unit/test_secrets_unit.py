@@ -15,7 +15,7 @@ from fluxgw.errors import ConfigError, FluxError
 from fluxgw.project import FunctionSpec, parse_function
 from fluxgw.redact import Redactor
 from fluxgw.runtime.api import FunctionFailed, LogLine
-from fluxgw.runtime.sandbox import NO_SANDBOX, Sandbox, build_launch
+from fluxgw.runtime.sandbox import NO_SANDBOX, Sandbox, build_launch, outermost
 from fluxgw.secretstore import affected_functions, parse_env_file, validate
 
 VALUE = "tok-ABCdef123/+=-value"
@@ -157,3 +157,8 @@ def test_the_gateway_process_can_mark_itself_non_dumpable() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["1", "0"], done.stderr
+
+
+def test_runtime_paths_are_bound_once_each() -> None:
+    paths = ["/opt/py/bin", "/opt/py", "/opt/python", "/usr/lib/node", "/w/venv", "/w/venv/lib"]
+    assert outermost(paths) == ["/opt/py", "/opt/python", "/w/venv"]
