@@ -7,7 +7,13 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Usage: scripts/bench [--quick] [--out FILE] [--json FILE] [--profile] [--only NAME[,NAME]]
+Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
+and without --log-requests; `sandbox`: worker cold start and warm throughput with and without
+bubblewrap, and the cost of 50 declared secrets). `--only NAME[,NAME]` runs
+just those; without `core` the rows are printed (and written to --out only when it is given).
+
+Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
 """
 
 from __future__ import annotations
@@ -22,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import devreload, inproc, profile, report, servers
-from benchlib import sandbox as sandbox_bench
+from benchlib import dashboard, devreload, inproc, profile, report, sandbox, servers, termlog
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -31,8 +36,12 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
-# --only NAME[,NAME]: "core" is everything above the sections named after it.
-SECTIONS = ("core", "sandbox")
+# Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
+SECTIONS = {
+    "dashboard": dashboard.measure,
+    "termlog": termlog.measure,
+    "sandbox": sandbox.section,
+}
 
 
 class Settings:
@@ -481,21 +490,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections: core, {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
-    parser.add_argument(
-        "--only",
-        metavar="NAME[,NAME]",
-        help=f"run only these sections ({', '.join(SECTIONS)}); without core, the rows are "
-        "printed and BENCHMARKS.md is left alone",
-    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
-    only = set(args.only.split(",")) if args.only else set(SECTIONS)
-    if only - set(SECTIONS):
-        parser.error(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
+    only = set(args.only.split(",")) if args.only else {"core", *SECTIONS}
+    unknown = only - {"core", *SECTIONS}
+    if unknown:
+        parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -503,6 +512,23 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log(str(exc))
         return 2
+    extra_rows: list[list[str]] = []
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
+    try:
+        for name, section in SECTIONS.items():
+            if name in only:
+                log(f"section {name}")
+                extra_rows += section(s, work / name, log)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "core" not in only:
+        print(report.text_table(SUMMARY_HEADER, extra_rows))
+        if "--out" in raw_argv or any(a.startswith("--out=") for a in raw_argv):
+            args.out.write_text(report.md_table(SUMMARY_HEADER, extra_rows) + "\n")
+        return 0
     available = [rt for rt in RUNTIMES if find_runtime(rt)]
     for rt in RUNTIMES:
         if rt not in available:
@@ -512,8 +538,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: dict[str, Any] = {"date": report.now_utc(), "load_before": os.getloadavg()[0]}
-    if "core" not in only:
-        return run_sections(s, only, results, available)
     results["machine"] = report.machine(find_runtime("node"), find_runtime("deno"), wrk_version())
     log("in process: rate limiter, KeyStore memory, route lookup")
     results["limiter"] = inproc.limiter_decisions_per_second(s.decisions, keys=2_000)
@@ -546,7 +570,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.profile:
             shutil.rmtree(work, ignore_errors=True)
-    extra_rows = sections(s, only, results, available)
     results["elapsed_s"] = time.monotonic() - started
     results["load_after"] = os.getloadavg()[0]
 
@@ -562,29 +585,6 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
-    return 0
-
-
-def sections(
-    s: Settings, only: set[str], results: dict[str, Any], available: list[str]
-) -> list[list[str]]:
-    """The named sections after core: each measures on its own, returns summary rows."""
-    rows: list[list[str]] = []
-    if "sandbox" in only:
-        log("sandbox: cold start and warm throughput with and without; 50 secrets")
-        results["sandbox"] = sandbox_bench.measure(available, s.quick)
-        rows += sandbox_bench.summary_rows(results["sandbox"])
-    return rows
-
-
-def run_sections(s: Settings, only: set[str], results: dict[str, Any], available: list[str]) -> int:
-    """--only without core: measure the named sections and print their rows."""
-    try:
-        rows = sections(s, only, results, available)
-    except servers.BenchError as exc:
-        log(f"failed: {exc}")
-        return 1
-    print(report.text_table(SUMMARY_HEADER, rows))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,12 @@ def measure(runtimes: list[str], quick: bool) -> dict:
         ),
         "secrets": secrets_overhead(seconds=1 if quick else 3),
     }
+
+
+def section(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
+    """scripts/bench's ``sandbox`` section: summary rows [figure, measured, target, met?]."""
+    from fluxgw.runtime.discovery import find_runtime
+
+    runtimes = [rt for rt in ("python", "node", "deno") if find_runtime(rt)]
+    log("sandbox: cold start and warm throughput with and without bwrap; 50 secrets")
+    return summary_rows(measure(runtimes, s.quick))

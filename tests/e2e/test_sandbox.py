@@ -131,7 +131,7 @@ def test_functions_cannot_reach_gateway_state(project: Path, loopback: str) -> N
             assert (state / "keys.json").read_bytes() == keys_before, (runtime, result)
     assert (state / "keys.json").read_bytes() == keys_before
     startup = "".join(gw.output)
-    assert "Workers run sandboxed (bubblewrap" in startup
+    assert "flux: workers run sandboxed (bubblewrap" in startup
 
 
 def test_no_sandbox_is_said_once_at_start(project: Path) -> None:
