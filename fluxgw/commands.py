@@ -72,6 +72,10 @@ def _deploy_and_print(state: StateDir, dotenv: Path | None = None) -> None:
     deployment = deploy_functions(state, dotenv=dotenv)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
+    from .auth.commands import deploy_warnings
+
+    for warning in deploy_warnings(state, deployment.functions):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def deploy(project_dir: Path, args: argparse.Namespace) -> int:
@@ -218,26 +222,44 @@ def check_functions_exist(state: StateDir, names: list[str]) -> None:
 
 
 def project(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
     state = StateDir(project_dir)
     if args.project_command == "update":
-        if args.plan is None and args.cors_origins is None:
-            raise FluxError("nothing to update: pass --plan and/or --cors-origin")
-        settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        tokens = auth_commands.wants_update(args)
+        if args.plan is None and args.cors_origins is None and not tokens:
+            raise FluxError("nothing to update: pass --plan, --cors-origin or --jwt-...")
+        if tokens:
+            auth_commands.update(state, args)
+        if args.plan is not None or args.cors_origins is not None:
+            settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        else:
+            settings = load_settings(state, create=True)
     else:
         settings = load_settings(state, create=True)
     plan = PLANS[settings.plan]
+    tokens_shown = auth_commands.describe(state)
     if getattr(args, "json", False):
         print_json(
             {
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+                "jwt": tokens_shown,
             }
         )
         return 0
     print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
     origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"
     print(f"cors origins: {origins}")
+    for line in auth_commands.show_lines(tokens_shown):
+        print(line)
     return 0
+
+
+def jwt(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
+    return auth_commands.mint(project_dir, args)
 
 
 def trace(project_dir: Path, args: argparse.Namespace) -> int:

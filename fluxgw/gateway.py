@@ -23,6 +23,8 @@ import attrs
 import orjson
 
 from . import cors, endpoints
+from .auth.principal import Principal
+from .auth.step import authenticate, check_credential, check_scope
 from .dispatch import build_invocation, function_headers
 from .endpoints import Endpoints
 from .errors import HttpError, StateError
@@ -43,7 +45,6 @@ from .httpio import (
     send_response,
 )
 from .jobs import QueueEvent
-from .keys import KeyRecord
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
@@ -91,7 +92,7 @@ class Gateway:
         # Workers get their declared env and secrets, inside the sandbox (detected in load()).
         self.launcher = Launcher(variables=self._function_env)
         self.pool = PoolManager(self.options.pool, wall_clock=self.clock, launcher=self.launcher)
-        self.loader = LiveLoader(state, dotenv=self.options.dotenv)
+        self.loader = LiveLoader(state, self.clock, dotenv=self.options.dotenv)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
@@ -270,11 +271,13 @@ class Gateway:
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
             return endpoints.health(ex.live, self.launcher.sandbox.note)
-        record = self.authenticate(ex)
-        self.admit(ex, record)
+        principal = await self.authenticate(ex)
+        self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
-            return await self.endpoints.answer(ex, record)
-        spec = self.route(ex, record)
+            check_credential(principal, ex.path, ("key",))
+            assert principal.record is not None
+            return await self.endpoints.answer(ex, principal.record)
+        spec = self.route(ex, principal)
         body = await self.read_body(ex, spec, receive)
         return await self.dispatch(ex, spec, scope, body)
 
@@ -292,23 +295,30 @@ class Gateway:
         ex.span["preflight"] = decision
         return Answer(204, headers, b"")
 
-    def authenticate(self, ex: Exchange) -> KeyRecord:
-        """Who is calling: the key in ``Authorization: Bearer``, else 401/403."""
-        outcome = ex.live.keys.authenticate(ex.headers.get("authorization"))
-        ex.span["auth"] = outcome.code
-        if not outcome.ok:
-            extra = [("www-authenticate", "Bearer")] if outcome.status == 401 else []
-            raise HttpError(outcome.status, outcome.code, outcome.message, extra)
-        record = outcome.record
-        assert record is not None
-        ex.key_name = ex.span["key"] = record.name
-        self.key_usage[record.key_hash] = ex.started
-        return record
+    async def authenticate(self, ex: Exchange) -> Principal:
+        """Who is calling: an API key or a user token in ``Authorization: Bearer`` (docs/auth.md),
+        else 401/403 (503 when a token's key set cannot be fetched). The trace records who,
+        never the credential."""
+        try:
+            principal = await authenticate(
+                ex.live.keys, ex.live.tokens, ex.headers.get("authorization")
+            )
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
+        ex.principal = principal
+        ex.span["auth"] = "ok"
+        ex.span.update(principal.trace_attributes())
+        if principal.key_hash is not None:
+            ex.key_name = principal.name
+            self.key_usage[principal.key_hash] = ex.started
+        return principal
 
-    def admit(self, ex: Exchange, record: KeyRecord) -> None:
-        """The caller's rate limit, per key, against the project's plan; else 429."""
+    def admit(self, ex: Exchange, principal: Principal) -> None:
+        """The caller's rate limit, per key or token subject, against the project's plan;
+        else 429."""
         plan = ex.live.plan
-        decision = self.limiter.check(record.key_hash, plan)
+        decision = self.limiter.check(principal.bucket, plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(plan)),
@@ -326,8 +336,9 @@ class Gateway:
                 [("retry-after", str(decision.retry_after))],
             )
 
-    def route(self, ex: Exchange, record: KeyRecord) -> FunctionSpec:
-        """The function at this method and path, if the key may call it; else 404/403."""
+    def route(self, ex: Exchange, principal: Principal) -> FunctionSpec:
+        """The function at this method and path, if the caller may call it: 404, 401 for a
+        credential kind it does not take, 403 for a key scoped to other functions."""
         match = ex.live.routes.lookup(ex.method, ex.path)
         if match.spec is None:
             ex.span["route"] = "no match"
@@ -337,10 +348,12 @@ class Gateway:
         spec = match.spec
         ex.function = spec.name
         ex.span["route"] = f"{spec.method} {spec.route} -> {spec.name}"
-        scoped = ex.live.keys.authorize(record, spec.name)
-        if not scoped.ok:
-            ex.span["auth"] = scoped.code
-            raise HttpError(scoped.status, scoped.code, scoped.message)
+        try:
+            check_credential(principal, f"function {spec.name!r}", spec.auth)
+            check_scope(principal, spec.name)
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
         return spec
 
     async def read_body(self, ex: Exchange, spec: FunctionSpec, receive: Receive) -> bytes:
@@ -375,6 +388,7 @@ class Gateway:
             spec=spec,
             body=body,
             now=ex.started,
+            principal=ex.principal,
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:

@@ -24,7 +24,19 @@ NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry", "secrets", "env")
+KNOWN_FIELDS = (
+    "name",
+    "runtime",
+    "route",
+    "method",
+    "async",
+    "timeout",
+    "entry",
+    "auth",
+    "secrets",
+    "env",
+)
+AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 
 
 @attrs.frozen
@@ -39,6 +51,7 @@ class FunctionSpec:
     entry: str
     is_async: bool = False
     timeout: float = 30.0
+    auth: tuple[str, ...] = ("key",)  # credentials accepted: "key" and/or "jwt"
     secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
     env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
 
@@ -56,6 +69,7 @@ class FunctionSpec:
             "timeout": self.timeout,
             "entry": self.entry,
             "directory": str(self.directory),
+            "auth": list(self.auth),
             "secrets": list(self.secrets),
             "env": dict(self.env),
         }
@@ -71,6 +85,7 @@ class FunctionSpec:
             entry=data["entry"],
             is_async=bool(data["async"]),
             timeout=float(data["timeout"]),
+            auth=tuple(data.get("auth", ("key",))),
             secrets=tuple(data.get("secrets", ())),
             env=tuple(sorted(data.get("env", {}).items())),
         )
@@ -149,6 +164,7 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(
             shown, "timeout", f"{timeout} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
         )
+    auth = _parse_auth(shown, data.get("auth", "key"))
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
     folder = file.parent
@@ -169,9 +185,24 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         entry=entry,
         is_async=is_async,
         timeout=float(timeout),
+        auth=auth,
         secrets=secret_names,
         env=env,
     )
+
+
+def _parse_auth(shown: str, value: Any) -> tuple[str, ...]:
+    """``"key"``, ``"jwt"`` or a list of both: the credentials the function takes."""
+    kinds = [value] if isinstance(value, str) else value
+    label = '"key", "jwt" or ["key", "jwt"]'
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError(shown, "auth", f"must be {label}, got {json.dumps(value)}")
+    for kind in kinds:
+        if kind not in AUTH_KINDS:
+            raise ConfigError(shown, "auth", f"{kind!r} is not a credential: use {label}")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(shown, "auth", f"names a credential twice: {json.dumps(value)}")
+    return tuple(k for k in AUTH_KINDS if k in kinds)
 
 
 def load_functions(project_dir: Path) -> tuple[FunctionSpec, ...]:

@@ -32,6 +32,7 @@ LOCKED_FILES = (
     "deployment.json",
     "ratelimit.json",
     "key-usage.json",
+    "jwt.json",
     "secrets.json",
 )
 

@@ -9,8 +9,9 @@ like on a machine whose absolute speed drifts.
 
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
 `dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
-and without --log-requests; `sandbox`: worker cold start and warm throughput with and without
-bubblewrap, and the cost of 50 declared secrets). `--only NAME[,NAME]` runs
+and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
+gateway; `sandbox`: worker cold start and warm throughput with and without bubblewrap, and the
+cost of 50 declared secrets). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import dashboard, devreload, inproc, profile, report, sandbox, servers, termlog
+from benchlib import jwt as jwt_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -40,6 +42,7 @@ CONNECTIONS = (1, 32)
 SECTIONS = {
     "dashboard": dashboard.measure,
     "termlog": termlog.measure,
+    "jwt": jwt_bench.measure,
     "sandbox": sandbox.section,
 }
 

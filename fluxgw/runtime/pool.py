@@ -405,11 +405,13 @@ class PoolManager:
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:
-    """The ``invoke`` frame's fields; the caller's Authorization is dropped defensively."""
+    """The ``invoke`` frame's fields; the caller's Authorization is dropped defensively,
+    unless it is a verified user token (``auth`` type "jwt", docs/auth.md)."""
+    keep_authorization = (invocation.auth or {}).get("type") == "jwt"
     headers = [
         (lower, value)
         for name, value in invocation.headers
-        if (lower := name.lower()) != "authorization"
+        if (lower := name.lower()) != "authorization" or keep_authorization
     ]
     names = {name for name, _ in headers}
     if "x-request-id" not in names:
@@ -434,4 +436,5 @@ def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float)
         "function": spec.name,
         "deadline": deadline,
         "traceparent": invocation.traceparent,
+        "auth": invocation.auth,
     }

@@ -132,8 +132,10 @@ function buildRequest(header, body) {
     url = `http://localhost${header.path ?? "/"}${query ? `?${query}` : ""}`;
   }
   const headers = new Headers();
+  // never an API key; a verified user token (auth type "jwt") is meant to reach the function
+  const tokenAuth = header.auth?.type === "jwt";
   for (const [name, value] of header.headers ?? []) {
-    if (name.toLowerCase() === "authorization") continue; // never the caller's credentials
+    if (name.toLowerCase() === "authorization" && !tokenAuth) continue;
     try {
       headers.append(name, value);
     } catch {
@@ -190,6 +192,7 @@ while (true) {
     function: header.function,
     deadline: header.deadline,
     traceparent: header.traceparent ?? null,
+    auth: header.auth ?? null,
   };
   let answer;
   try {
