@@ -1,4 +1,4 @@
-"""CORS decisions (SPEC §4.4), pure: headers in, headers and a short trace text out.
+"""CORS decisions (docs/reference.md#cors), pure: headers in, headers and a short trace text out.
 
 Policy:
 

@@ -1,4 +1,4 @@
-"""Embed a real Flux gateway in a test (SPEC §7).
+"""Embed a real Flux gateway in a test (docs/reference.md#embedding-and-tests).
 
     async with open_gateway("path/to/project", plan="free") as gw:
         key = gw.create_key("ci")

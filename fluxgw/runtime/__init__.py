@@ -11,7 +11,7 @@ __all__ = ["Response"]
 
 
 class Response:
-    """What a python handler returns to set the status and headers (SPEC §2.2).
+    """What a python handler returns to set the status and headers (docs/reference.md#handlers).
 
     ``body`` may be ``bytes`` (sent as is, ``application/octet-stream`` unless a content type
     is given), ``str`` (``text/plain; charset=utf-8``), ``None`` (empty) or any JSON-able value

@@ -1,14 +1,16 @@
-"""Warm worker pools: one per deployed function, many invocations per worker (SPEC §6).
+"""Warm worker pools: one per deployed function, many invocations per worker
+(docs/reference.md#runtimes).
 
 :class:`PoolManager` is what the gateway holds. ``deploy()`` swaps in a new generation of
 pools (old workers finish their in-flight invocation, then stop), ``invoke()`` runs one
 invocation on a free worker under its deadline, ``run()`` is the background task that reaps
 idle workers and pre-warms, and owns every worker's supervising task, so no process outlives it.
 
-Failure mapping (SPEC §4.2): 504 ``function_timeout``; 502 ``function_error`` (handler raised;
-the worker stays), ``function_crashed`` (the worker died), ``bad_function_response`` (malformed
-protocol output), ``function_failed_to_start`` (import/syntax error), ``runtime_unavailable``
-(node/deno missing, or the pool is stopped). A worker is reused only after a clean answer.
+Failure mapping (docs/reference.md#status-codes): 504 ``function_timeout``; 502
+``function_error`` (handler raised; the worker stays), ``function_crashed`` (the worker died),
+``bad_function_response`` (malformed protocol output), ``function_failed_to_start``
+(import/syntax error), ``runtime_unavailable`` (node/deno missing, or the pool is stopped).
+A worker is reused only after a clean answer.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ import orjson
 
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 1024 * 1024  # headers are small JSON; a bigger one means a corrupt stream
-MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: bodies up to 6 MiB, both ways
+MAX_BODY = 6 * 1024 * 1024  # docs/reference.md#status-codes: bodies up to 6 MiB, both ways
 LOG_STREAMS = ("stdout", "stderr", "log", "output")
 # RFC 9110 token for header names; values must not smuggle CR/LF/NUL into the gateway's response.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

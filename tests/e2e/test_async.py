@@ -1,4 +1,4 @@
-"""Async functions end to end (SPEC §5, issue 5): 202 at once, the lifecycle at
+"""Async functions end to end (docs/reference.md#async-functions): 202 at once, the lifecycle at
 /_flux/invocations/ID, retries then failed, the trace, and kill -9 durability."""
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 One gateway per runtime (module scope: a JS cold start is paid once per worker, not per test)
 serves ``js`` (the Fetch API handler below, timeout 30 s) and ``js_hang`` (timeout 1 s). The
 deno copy of the handler carries TypeScript annotations: deno runs ``index.ts`` natively.
-A last test removes deno from the gateway's view and checks the install hint (SPEC §6).
+A last test removes deno from the gateway's view and checks the install hint
+(docs/reference.md#runtimes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""No process outlives the gateway (SPEC §6, issue 4): workers, and the children they spawn.
+"""No process outlives the gateway (docs/reference.md#runtimes): workers, and the children they
+spawn.
 
 200 mixed requests across python, node and deno (functions that leave a ``sleep 60`` child
 running when they return, that spawn one and then hang past their timeout, that crash with a

@@ -1,4 +1,5 @@
-"""flux.json validation (SPEC §2.1): every refusal names the file and the field."""
+"""flux.json validation (docs/reference.md#project-and-fluxjson): every refusal names the file and
+the field."""
 
 from __future__ import annotations
 
