@@ -98,16 +98,17 @@ async def test_min_workers_survive_idle_reaping(project: Path) -> None:
         before = workers(root)
         # Two calls at once need a second python worker: above min_workers, so one of the two
         # is reaped once idle past the timeout.
-        pids: set[int] = set()
+        request_ids: list[str] = []
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
 
             async def call() -> None:
                 answer = await client.post("/slow", headers={"authorization": f"Bearer {key}"})
-                pids.add(answer.json()["pid"])
+                request_ids.append(answer.headers["x-request-id"])
 
             async with anyio.create_task_group() as tasks:
                 for _ in range(2):
                     tasks.start_soon(call)
+        pids = {worker_pid(project, rid) for rid in request_ids}
         assert len(pids) == 2  # a second worker ran one of them
         # back to min_workers (which of the two stays is the pool's choice), never below it
         poll_until(lambda: len(workers(root)) == expected, 10)
