@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
+    for parser_ in (dev, serve):
+        parser_.add_argument(
+            "--no-sandbox",
+            action="store_true",
+            help="run workers without the bubblewrap sandbox (docs/sandbox.md; prints a warning)",
+        )
+
+    from .secretcmd import add_secrets_parser
+
+    add_secrets_parser(commands)
 
     dashboard = commands.add_parser(
         "dashboard", help="print a fresh login URL for the running gateway's dashboard"
@@ -261,8 +271,15 @@ def run(args: argparse.Namespace) -> int:
         "jwt": commands.jwt,
         "logs": commands.logs,
         "dashboard": commands.dashboard,
+        "secrets": _secrets,
     }[args.command]
     return handler(project_dir, args)
+
+
+def _secrets(project_dir: Path, args: argparse.Namespace) -> int:
+    from .secretcmd import secrets_command
+
+    return secrets_command(project_dir, args)
 
 
 def _project(args: argparse.Namespace) -> Path:

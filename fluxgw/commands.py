@@ -68,9 +68,9 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
                 warn(f"function {spec.name}: {problem}")
 
 
-def _deploy_and_print(state: StateDir) -> None:
+def _deploy_and_print(state: StateDir, dotenv: Path | None = None) -> None:
     load_settings(state, create=True)
-    deployment = deploy_functions(state)
+    deployment = deploy_functions(state, dotenv=dotenv)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
     from .auth.commands import deploy_warnings
@@ -110,6 +110,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         log_format=args.log_format or "text",
         loop=args.loop,
         reuse_port=args.reuse_port,
+        sandbox=not args.no_sandbox,
         pool=pool_options(args),
         **dashboard_options(args),
     )
@@ -174,7 +175,8 @@ def dashboard(project_dir: Path, args: argparse.Namespace) -> int:
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
-    _deploy_and_print(StateDir(project_dir))
+    dotenv = project_dir / "functions" / ".env"  # local secrets, over the stored ones
+    _deploy_and_print(StateDir(project_dir), dotenv)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
@@ -182,6 +184,8 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         dev=True,
         log_format=args.log_format or "text",
         loop=args.loop,
+        sandbox=not args.no_sandbox,
+        dotenv=dotenv,
         pool=pool_options(args),
         **dashboard_options(args),
     )

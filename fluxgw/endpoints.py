@@ -35,12 +35,14 @@ INVOCATIONS = "/_flux/invocations/"
 PROMETHEUS = ("content-type", "text/plain; version=0.0.4; charset=utf-8")
 
 
-def health(live: LiveState, store: RedisBackend | None = None) -> Answer:
+def health(live: LiveState, sandbox: str, store: RedisBackend | None = None) -> Answer:
+    """``sandbox``: how workers are isolated (docs/sandbox.md), said where monitoring looks;
+    ``store``: which store holds the state and whether it answers (docs/redis.md)."""
     payload = {
         "status": "ok",
         "deployment": live.deployment.version,
         "functions": len(live.deployment.functions),
-        # which store, and whether it answers (docs/redis.md)
+        "sandbox": sandbox,
         "store": store.health_json() if store else {"kind": "files", "status": "ok"},
     }
     return Answer(200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -50,9 +51,12 @@ from .metrics import Metrics
 from .project import FunctionSpec
 from .queue import JobQueue, QueueUnavailable, UnknownFunction
 from .ratelimit import Decision, GcraLimiter, Plan, policy_header, ratelimit_header
+from .redact import LogRedactionFilter
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.options import PoolOptions
 from .runtime.pool import PoolManager
+from .runtime.sandbox import Launcher, detect_sandbox
+from .secretstore import affected_functions
 from .state import StateDir
 from .store import open_store
 from .store.shared_limiter import StoreUnavailable
@@ -67,6 +71,8 @@ log = logging.getLogger("fluxgw.gateway")
 
 RELOAD_INTERVAL = 0.2  # s between stat checks of .flux/: a change is live within 1 s
 SAVE_INTERVAL = 2.0  # s between saves of limiter state and key last-used times
+# Loggers that can carry a function's output or error text: redacted like traces.
+REDACTED_LOGGERS = ("fluxgw.runtime", "fluxgw.gateway", "fluxgw.queue")
 
 
 @attrs.define
@@ -77,6 +83,8 @@ class GatewayOptions:
     pool: PoolOptions = attrs.Factory(PoolOptions)
     tracing: bool = True
     max_body: int = MAX_BODY
+    sandbox: bool = True  # run workers under bubblewrap when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env over the stored secrets
 
 
 class Gateway:
@@ -88,8 +96,10 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
-        self.pool = PoolManager(self.options.pool, wall_clock=self.clock)
-        self.loader = LiveLoader(state, self.clock)
+        # Workers get their declared env and secrets, inside the sandbox (detected in load()).
+        self.launcher = Launcher(variables=self._function_env)
+        self.pool = PoolManager(self.options.pool, wall_clock=self.clock, launcher=self.launcher)
+        self.loader = LiveLoader(state, self.clock, dotenv=self.options.dotenv)
         # The shared store (docs/redis.md): None for the files store, the default.
         self.store = open_store(state, clock=self.clock, tracing=self.options.tracing)
         self.traces: TraceStore | RedisTraceStore  # same interface, per store
@@ -116,6 +126,8 @@ class Gateway:
             self._live = self.loader.load()
             return  # limiter state lives in Redis
         self._live = self.loader.load()
+        if not self.launcher.sandbox.enabled:
+            self.launcher.sandbox = detect_sandbox(self.options.sandbox)
         saved = self.state.read_json(self.state.ratelimit_file, default={})
         if isinstance(saved, dict):
             self.limiter.restore({k: float(v) for k, v in saved.items()})
@@ -131,11 +143,28 @@ class Gateway:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
         Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
-        self._live = live
+        previous, self._live = self._live, live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.pool.prewarm)
+        elif previous is not None and previous.secrets != live.secrets:
+            # Only the functions using a changed secret get new workers (after in-flight work).
+            functions = live.deployment.functions
+            self.pool.refresh(affected_functions(functions, previous.secrets, live.secrets))
+
+    def _function_env(self, spec: FunctionSpec) -> dict[str, str]:
+        """A worker's declared environment: flux.json ``env``, then its secrets' values."""
+        secrets = self.live.secrets
+        return {**dict(spec.env), **{n: secrets[n] for n in spec.secrets if n in secrets}}
+
+    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
+        """Run a function; secret values in its logs and errors come back redacted."""
+        try:
+            result = await self.pool.invoke(spec, invocation)
+        except FunctionFailed as failure:
+            raise self.live.redactor.redact_failure(failure) from None
+        return self.live.redactor.redact_result(result)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -144,6 +173,9 @@ class Gateway:
         if self._live is None:
             await anyio.to_thread.run_sync(self.load)
         assert self._live is not None
+        redaction = LogRedactionFilter(lambda: self.live.redactor)
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(redaction)
         try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
@@ -158,6 +190,8 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
+            for name in REDACTED_LOGGERS:
+                logging.getLogger(name).removeFilter(redaction)
 
     async def _run_queue(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -256,7 +290,7 @@ class Gateway:
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
-            return endpoints.health(ex.live, self.store)
+            return endpoints.health(ex.live, self.launcher.sandbox.note, self.store)
         principal = await self.authenticate(ex)
         await self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
@@ -391,7 +425,7 @@ class Gateway:
             payload = {"request_id": ex.request_id, "status": "queued"}
             return Answer(202, [JSON], orjson.dumps(payload))
         try:
-            result = await self.pool.invoke(spec, invocation)
+            result = await self.invoke(spec, invocation)
         except FunctionFailed as failure:
             ex.ran(self.clock(), failure=failure)
             raise HttpError(failure.status, failure.code, failure.message) from None
@@ -443,7 +477,7 @@ class Gateway:
         if spec is None:  # removed by a redeploy: fail the job at once, no retries
             raise UnknownFunction(function)
         fresh = attrs.evolve(invocation, deadline=self.clock() + spec.timeout)
-        return await self.pool.invoke(spec, fresh)
+        return await self.invoke(spec, fresh)
 
     def _on_queue_event(self, event: QueueEvent) -> None:
         self.traces.record_queue_event(event)

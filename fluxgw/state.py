@@ -36,6 +36,7 @@ LOCKED_FILES = (
     "ratelimit.json",
     "key-usage.json",
     "jwt.json",
+    "secrets.json",
 )
 
 Fingerprint = tuple[int, int, int] | None

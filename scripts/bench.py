@@ -10,8 +10,9 @@ like on a machine whose absolute speed drifts.
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
 `dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
 and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
-gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling).
-`--only NAME[,NAME]` runs
+gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling;
+`sandbox`: worker cold start and warm throughput with and without bubblewrap, and the cost of
+50 declared secrets). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -36,6 +37,7 @@ from benchlib import (
     loops,
     profile,
     report,
+    sandbox,
     servers,
     shared_store,
     termlog,
@@ -54,6 +56,7 @@ SECTIONS = {
     "termlog": termlog.measure,
     "jwt": jwt_bench.measure,
     "loops": loops.measure,
+    "sandbox": sandbox.section,
     "redis": shared_store.measure,
 }
 

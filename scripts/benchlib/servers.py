@@ -158,7 +158,8 @@ class Server:
 
 def ceiling_server(port: int, log_dir: Path, loop: str = "trio") -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
-    argv = [sys.executable, str(app), str(port), loop]
+    # -P: the script's folder (benchlib, with its own jwt.py) must not shadow real packages
+    argv = [sys.executable, "-P", str(app), str(port), loop]
     return Server(f"ceiling-{loop}", argv, "ceiling ready", log_dir)
 
 
