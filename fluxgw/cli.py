@@ -43,10 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
     _tls_arguments(serve)
+    for parser_ in (dev, serve):
+        parser_.add_argument(
+            "--no-sandbox",
+            action="store_true",
+            help="run workers without the bubblewrap sandbox (docs/sandbox.md; prints a warning)",
+        )
+
+    from .secretcmd import add_secrets_parser
+
+    add_secrets_parser(commands)
 
     dashboard = commands.add_parser(
         "dashboard", help="print a fresh login URL for the running gateway's dashboard"
@@ -91,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
+    update.add_argument(
+        "--store",
+        metavar="redis://HOST:PORT/DB|files",
+        help="move keys, settings and limits to this store (docs/redis.md)",
+    )
+    update.add_argument(
+        "--store-fallback",
+        choices=("local", "closed"),
+        help="while Redis is unreachable: limit locally (default) or answer 503",
+    )
     _jwt_arguments(update)
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")
@@ -272,8 +300,15 @@ def run(args: argparse.Namespace) -> int:
         "jwt": commands.jwt,
         "logs": commands.logs,
         "dashboard": commands.dashboard,
+        "secrets": _secrets,
     }[args.command]
     return handler(project_dir, args)
+
+
+def _secrets(project_dir: Path, args: argparse.Namespace) -> int:
+    from .secretcmd import secrets_command
+
+    return secrets_command(project_dir, args)
 
 
 def _project(args: argparse.Namespace) -> Path:

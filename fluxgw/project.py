@@ -24,7 +24,18 @@ NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry", "auth")
+KNOWN_FIELDS = (
+    "name",
+    "runtime",
+    "route",
+    "method",
+    "async",
+    "timeout",
+    "entry",
+    "auth",
+    "secrets",
+    "env",
+)
 AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 
 
@@ -41,6 +52,8 @@ class FunctionSpec:
     is_async: bool = False
     timeout: float = 30.0
     auth: tuple[str, ...] = ("key",)  # credentials accepted: "key" and/or "jwt"
+    secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
+    env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
 
     @property
     def entry_path(self) -> Path:
@@ -57,6 +70,8 @@ class FunctionSpec:
             "entry": self.entry,
             "directory": str(self.directory),
             "auth": list(self.auth),
+            "secrets": list(self.secrets),
+            "env": dict(self.env),
         }
 
     @classmethod
@@ -71,6 +86,8 @@ class FunctionSpec:
             is_async=bool(data["async"]),
             timeout=float(data["timeout"]),
             auth=tuple(data.get("auth", ("key",))),
+            secrets=tuple(data.get("secrets", ())),
+            env=tuple(sorted(data.get("env", {}).items())),
         )
 
 
@@ -156,6 +173,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(shown, "entry", f"{entry!r} must stay inside the function folder")
     if not entry_path.is_file():
         raise ConfigError(shown, "entry", f"entry file {entry!r} does not exist in {folder}")
+    from .envspec import parse_env_fields
+
+    secret_names, env = parse_env_fields(shown, data)
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -166,6 +186,8 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         is_async=is_async,
         timeout=float(timeout),
         auth=auth,
+        secrets=secret_names,
+        env=env,
     )
 
 

@@ -29,11 +29,13 @@ import sniffio
 from hypercorn.config import Config
 
 from .admin.handoff import withdraw_listener
-from .console import configure_logging, say
+from .console import configure_logging, say, warn
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
+from .runtime.sandbox import Sandbox, mark_non_dumpable
 from .state import StateDir
+from .store.config import load_store_config
 from .tls import CertFiles
 
 log = logging.getLogger("fluxgw.server")
@@ -53,10 +55,13 @@ class ServerConfig:
     access_log: bool = False
     pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
+    reuse_port: bool = False  # one of `--workers N` processes (docs/redis.md)
     dashboard: bool = True  # the admin listener (docs/dashboard.md)
     dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
     log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
     log_format: str = "text"  # or "json": one object per line (docs/logs.md)
+    sandbox: bool = True  # bubblewrap around workers when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env
     tls: CertFiles | None = None  # HTTPS with this certificate (docs/tls.md)
 
 
@@ -79,12 +84,12 @@ def hypercorn_config(
     return config
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind and listen here, not in hypercorn: the same code for both of its workers (its
     asyncio ``serve`` does not report the bound address, needed for port 0), and a port in use
     fails before anything else starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
 
 
 def _url(sock: socket.socket, tls: bool = False) -> str:
@@ -113,11 +118,12 @@ async def serve_gateway(
     grace_period: float = 10.0,
     shutdown: anyio.Event,
     on_ready: Callable[[list[str]], None] | None = None,
+    reuse_port: bool = False,
     tls: CertFiles | None = None,
     task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
-    sock = listen_socket(host, port)
+    sock = listen_socket(host, port, reuse_port=reuse_port)
     binds = [_url(sock, tls is not None)]
     config = hypercorn_config(host, port, grace_period, tls)
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
@@ -140,9 +146,12 @@ async def _main(config: ServerConfig) -> None:
         GatewayOptions(
             tracing=config.tracing,
             pool=attrs.evolve(config.pool, prewarm=True) if config.dev else config.pool,
+            sandbox=config.sandbox,
+            dotenv=config.dotenv,
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)
+    announce_sandbox(gateway.launcher.sandbox)
     dashboard = None
     if config.dashboard:
         from .admin.serve import DashboardListener
@@ -186,6 +195,7 @@ async def _main(config: ServerConfig) -> None:
             grace_period=config.grace_period,
             shutdown=shutdown,
             on_ready=ready,
+            reuse_port=config.reuse_port,
             tls=config.tls,
         )
         tasks.cancel_scope.cancel()
@@ -222,6 +232,9 @@ def single_gateway(state: StateDir) -> Iterator[None]:
     first one's running jobs. Refuse it with a clear message instead.
     """
     state.ensure()
+    if load_store_config(state).redis is not None:
+        yield  # on the Redis store, any number of gateways share one state (docs/redis.md)
+        return
     path = state.root / "gateway.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -240,6 +253,18 @@ def single_gateway(state: StateDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def announce_sandbox(sandbox: Sandbox) -> None:
+    """Said once at start: whether functions run in the sandbox, and if not what that means."""
+    if sandbox.enabled:
+        say(f"workers run sandboxed ({sandbox.note})")
+        return
+    warn(
+        f"workers run WITHOUT a sandbox ({sandbox.note}): a function can read what the "
+        "gateway's user can read, .flux/ included (docs/sandbox.md)",
+        once="sandbox",
+    )
+
+
 def backend(loop: Loop) -> dict[str, Any]:
     """``anyio.run`` arguments for ``loop``: asyncio runs on uvloop when it is installed."""
     if loop == "trio":
@@ -253,6 +278,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 
 def run_server(config: ServerConfig) -> int:
     configure_logging(json_requests=config.log_format == "json")
+    mark_non_dumpable()
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:

@@ -22,7 +22,7 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
 from .runtime.options import DEFAULT_POOL, PoolOptions
+from .secretstore import set_secrets, unset_secrets
 from .settings import load_settings, update_settings
 from .state import StateDir
 from .tls import CertFiles, FunctionTrust, trust_in_functions, write_bundle
@@ -104,6 +105,15 @@ class FluxTestGateway:
         update_settings(self.state, cors_origins=list(origins))
         self._reload()
 
+    def set_secret(self, name: str, value: str) -> None:
+        """Store a secret; functions declaring it get new workers with the value at once."""
+        set_secrets(self.state, {name: value}, time.time())
+        self._reload()
+
+    def unset_secret(self, name: str) -> None:
+        unset_secrets(self.state, [name])
+        self._reload()
+
     def redeploy(self) -> None:
         """Deploy the (copied) project's functions/ again, e.g. after editing a file."""
         deploy(self.state)
@@ -157,9 +167,12 @@ async def open_gateway(
     in_process: bool = False,
     tracing: bool = True,
     max_workers: int = DEFAULT_POOL.max_workers,
+    secrets: Mapping[str, str] | None = None,
+    sandbox: bool = True,
     tls: bool = False,
 ) -> AsyncIterator[FluxTestGateway]:
-    """Start a gateway for a copy of ``project_dir`` (its functions/ folder).
+    """Start a gateway for a copy of ``project_dir`` (its functions/ folder); ``secrets`` are
+    stored before the deploy (functions may declare them), ``sandbox`` as `flux serve`'s.
 
     ``tls=True`` serves HTTPS (HTTP/2 via ALPN) with a certificate of a throwaway CA
     (trustme); ``gw.client`` and the functions trust that CA, and ``gw.ca_cert`` is its PEM.
@@ -182,10 +195,17 @@ async def open_gateway(
         load_settings(state, create=True)
         if plan is not None:
             update_settings(state, plan=plan)
+        if secrets:
+            set_secrets(state, secrets, time.time())
         deploy(state)
         gateway = Gateway(
             state,
-            GatewayOptions(clock=clock, tracing=tracing, pool=PoolOptions(max_workers=max_workers)),
+            GatewayOptions(
+                clock=clock,
+                tracing=tracing,
+                pool=PoolOptions(max_workers=max_workers),
+                sandbox=sandbox,
+            ),
         )
         gateway.load()
         async with anyio.create_task_group() as tasks:

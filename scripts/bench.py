@@ -11,8 +11,9 @@ Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.
 `dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
 and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
 gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling;
-`tls`: h2load over HTTPS/HTTP2 next to HTTP/1.1 and the bare hypercorn TLS ceiling).
-`--only NAME[,NAME]` runs
+`sandbox`: worker cold start and warm throughput with and without bubblewrap, and the cost of
+50 declared secrets; `tls`: h2load over HTTPS/HTTP2 next to HTTP/1.1 and the bare hypercorn
+TLS ceiling). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -30,7 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import dashboard, devreload, inproc, loops, profile, report, servers, termlog
+from benchlib import (
+    dashboard,
+    devreload,
+    inproc,
+    loops,
+    profile,
+    report,
+    sandbox,
+    servers,
+    shared_store,
+    termlog,
+)
 from benchlib import jwt as jwt_bench
 from benchlib import tls as tls_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
@@ -46,6 +58,8 @@ SECTIONS = {
     "termlog": termlog.measure,
     "jwt": jwt_bench.measure,
     "loops": loops.measure,
+    "sandbox": sandbox.section,
+    "redis": shared_store.measure,
     "tls": tls_bench.section,
 }
 

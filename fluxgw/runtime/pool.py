@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -28,9 +28,10 @@ import anyio.abc
 from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
-from .discovery import RuntimeFinder, default_finder, worker_command
+from .discovery import RuntimeFinder, default_finder
 from .options import PoolOptions
 from .process import Worker, WorkerGone, log_lines
+from .sandbox import Launcher, WorkerLaunch
 
 logger = logging.getLogger("fluxgw.runtime")
 
@@ -81,8 +82,10 @@ class PoolManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
+        launcher: Callable[[FunctionSpec, str], WorkerLaunch] | None = None,
     ) -> None:
         options = options or PoolOptions()
+        self._launcher = launcher or Launcher()  # argv + env of a worker (sandbox.py)
         self._max_workers = options.max_workers
         self._min_workers = options.min_workers
         self._idle_timeout = options.idle_timeout
@@ -120,6 +123,15 @@ class PoolManager:
             # cold-start a second worker next to the pre-warm one (see invoke()).
             self._start_prewarm(self._tasks)
         self._wakeup.set()
+        self._notify()
+
+    def refresh(self, names: Collection[str]) -> None:
+        """Fresh workers for the functions in ``names`` (their environment changed): their
+        current workers finish their in-flight invocations, then stop; others are untouched."""
+        for spec, pool in list(self._pools.items()):
+            if spec.name in names:
+                self._retire(pool)
+                self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         self._notify()
 
     def _retire(self, pool: FunctionPool) -> None:
@@ -222,6 +234,10 @@ class PoolManager:
         )
 
     async def _crashed(self, worker: Worker, logs: list[LogLine]) -> FunctionFailed:
+        # A moment for its own exit status first: in the sandbox, bwrap passes the function's
+        # exit code on a few ms after the pipe closed, and a kill now would hide it.
+        with anyio.move_on_after(0.2):
+            await worker.process.wait()
         worker.kill()
         with anyio.move_on_after(0.5):
             await worker.process.wait()
@@ -247,9 +263,8 @@ class PoolManager:
                 502, "runtime_unavailable", self._finder.problem(spec.runtime) or ""
             )
         try:
-            worker = await Worker.spawn(
-                spec, worker_command(spec.runtime, executable, spec.entry_path)
-            )
+            launch = self._launcher(spec, executable)
+            worker = await Worker.spawn(spec, list(launch.argv), launch.env_dict)
         except OSError as exc:
             hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not be started"
             raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,17 @@ class Worker:
         self._output_done = anyio.Event()
 
     @classmethod
-    async def spawn(cls, spec: FunctionSpec, command: list[str]) -> Worker:
-        """Start the process (not yet ready: call :meth:`wait_ready`)."""
+    async def spawn(
+        cls, spec: FunctionSpec, command: list[str], env: Mapping[str, str] | None = None
+    ) -> Worker:
+        """Start the process (not yet ready: call :meth:`wait_ready`); ``env`` replaces the
+        default environment (the launcher in :mod:`.sandbox` builds it)."""
         read_fd, write_fd = os.pipe()
         request_read, request_write = os.pipe()
-        env = worker_env(spec, write_fd)
+        if env is None:
+            env = worker_env(spec, write_fd)
+        else:
+            env = {**env, "FLUX_PROTOCOL_FD": str(write_fd)}
         env["FLUX_REQUEST_FD"] = str(request_read)
         try:
             process = await anyio.open_process(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 
+from fluxgw.httpio import answer_lifespan
 from fluxgw.server import backend, hypercorn_config, listen_socket, run_hypercorn
 from fluxgw.tls import CertFiles
 
@@ -25,14 +26,8 @@ HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(B
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        # Returning at once here crashes hypercorn's trio worker: answer the lifespan protocol.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)  # as the gateway does
+        return
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})

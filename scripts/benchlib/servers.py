@@ -160,7 +160,8 @@ def ceiling_server(
     port: int, log_dir: Path, loop: str = "trio", tls: tuple[Path, Path] | None = None
 ) -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
-    argv = [sys.executable, str(app), str(port), loop, *(str(path) for path in tls or ())]
+    # -P: the script's folder (benchlib, with its own jwt.py) must not shadow real packages
+    argv = [sys.executable, "-P", str(app), str(port), loop, *(str(path) for path in tls or ())]
     return Server(f"ceiling-{loop}{'-tls' if tls else ''}", argv, "ceiling ready", log_dir)
 
 
