@@ -365,6 +365,13 @@ def function_env(runtime: str) -> dict[str, str]:
     return _function_trust.env(runtime) if _function_trust else {}
 
 
+def function_trust_files() -> list[str]:
+    """The files of that trust, for a sandbox to bind read-only (may be empty)."""
+    if _function_trust is None:
+        return []
+    return [str(_function_trust.ca_cert), str(_function_trust.bundle)]
+
+
 def local_function_trust(folder: Path | None = None) -> FunctionTrust:
     ca = ensure_ca(folder)
     return FunctionTrust(ca.cert, write_bundle(ca.cert, ca.bundle))

@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 
 from ..project import FunctionSpec
+from ..tls import function_env, function_trust_files
 from .discovery import SHIMS_DIR, worker_command
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -285,12 +286,13 @@ class Launcher:
             paths = self.sandbox.enabled and runtime_paths(spec.runtime, executable)
             self._paths[key] = paths or []
         deno_dir = deno_cache_dir(spec, self.sandbox.enabled) if spec.runtime == "deno" else None
+        trust = function_env(spec.runtime)  # the gateway's local CA (docs/tls.md)
         return build_launch(
             spec,
             worker_command(spec.runtime, executable, spec.entry_path),
             sandbox=self.sandbox,
-            read_only=self._paths[key],
-            variables=self._variables(spec),
+            read_only=[*self._paths[key], *(function_trust_files() if trust else ())],
+            variables={**trust, **self._variables(spec)},
             host_env=os.environ,
             deno_dir=deno_dir,
         )
