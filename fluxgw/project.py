@@ -24,7 +24,14 @@ NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry")
+# Pool and limit fields (docs/runtimes.md): invocations per worker, workers per function, MiB.
+MAX_CONCURRENCY = 10_000
+MAX_WORKERS = 256
+MIN_MEMORY, MAX_MEMORY, DEFAULT_MEMORY = 64, 16_384, 512
+KNOWN_FIELDS = (
+    "name", "runtime", "route", "method", "async", "timeout", "entry",
+    "concurrency", "max_workers", "memory",
+)  # fmt: skip
 
 
 @attrs.frozen
@@ -39,6 +46,9 @@ class FunctionSpec:
     entry: str
     is_async: bool = False
     timeout: float = 30.0
+    concurrency: int | None = None  # per worker; None: the runtime's default
+    max_workers: int | None = None  # per function; None: the gateway's setting
+    memory: int = DEFAULT_MEMORY  # MiB of RSS per worker
 
     @property
     def entry_path(self) -> Path:
@@ -54,6 +64,9 @@ class FunctionSpec:
             "timeout": self.timeout,
             "entry": self.entry,
             "directory": str(self.directory),
+            "concurrency": self.concurrency,
+            "max_workers": self.max_workers,
+            "memory": self.memory,
         }
 
     @classmethod
@@ -67,6 +80,9 @@ class FunctionSpec:
             entry=data["entry"],
             is_async=bool(data["async"]),
             timeout=float(data["timeout"]),
+            concurrency=data.get("concurrency"),
+            max_workers=data.get("max_workers"),
+            memory=int(data.get("memory") or DEFAULT_MEMORY),
         )
 
 
@@ -139,6 +155,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(
             shown, "timeout", f"{timeout} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
         )
+    concurrency = _optional_int(shown, data, "concurrency", 1, MAX_CONCURRENCY)
+    max_workers = _optional_int(shown, data, "max_workers", 1, MAX_WORKERS)
+    memory = _optional_int(shown, data, "memory", MIN_MEMORY, MAX_MEMORY) or DEFAULT_MEMORY
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
     folder = file.parent
@@ -156,7 +175,19 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         entry=entry,
         is_async=is_async,
         timeout=float(timeout),
+        concurrency=concurrency,
+        max_workers=max_workers,
+        memory=memory,
     )
+
+
+def _optional_int(file: str, data: dict[str, Any], field: str, low: int, high: int) -> int | None:
+    if field not in data:
+        return None
+    value = _require_type(file, field, data[field], int, "an integer")
+    if not low <= value <= high:
+        raise ConfigError(file, field, f"{value} is out of range ({low}-{high})")
+    return value
 
 
 def load_functions(project_dir: Path) -> tuple[FunctionSpec, ...]:
