@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="deploy from source, serve, redeploy on change")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
+    _loop_argument(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4000)
+    _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _pool_arguments(serve)
 
@@ -82,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
     return parser
+
+
+def _loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
 
 
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:

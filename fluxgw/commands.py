@@ -97,6 +97,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        loop=args.loop,
         **pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -127,7 +128,12 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
 
     _deploy_and_print(StateDir(project_dir))
     config = ServerConfig(
-        project_dir=project_dir, host=args.host, port=args.port, dev=True, **pool_options(args)
+        project_dir=project_dir,
+        host=args.host,
+        port=args.port,
+        dev=True,
+        loop=args.loop,
+        **pool_options(args),
     )
     return run_server(config)
 

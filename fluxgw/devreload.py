@@ -1,7 +1,7 @@
 """`flux dev`: watch functions/ and redeploy on every saved change.
 
-watchfiles runs its Rust watcher in a thread (anyio, so it works under trio) and checks the
-shutdown event every ``step`` ms, so Ctrl-C stops it within 0.5 s. A change that does not
+watchfiles runs its Rust watcher in a thread (through anyio: trio and asyncio alike) and checks
+the shutdown event every ``step`` ms, so Ctrl-C stops it within 0.5 s. A change that does not
 validate prints its one-line error and the last good deployment stays live.
 """
 
@@ -11,7 +11,8 @@ import logging
 import sys
 import time
 
-import trio
+import anyio
+import anyio.abc
 import watchfiles
 
 from .deploy import deploy
@@ -28,7 +29,7 @@ def _relevant(change: watchfiles.Change, path: str) -> bool:
     return watchfiles.DefaultFilter()(change, path) and not path.endswith((".pyc", "~"))
 
 
-async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: trio.Event) -> None:
+async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: anyio.Event) -> None:
     functions = state.project_dir / "functions"
     async for changes in watchfiles.awatch(
         functions,
@@ -40,7 +41,7 @@ async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: trio.E
     ):
         started = time.perf_counter()
         try:
-            deployment = await trio.to_thread.run_sync(deploy, state)
+            deployment = await anyio.to_thread.run_sync(deploy, state)
         except FluxError as exc:
             print(
                 f"flux dev: change not deployed, still serving the last good version: "

@@ -4,7 +4,7 @@ Each step asks a pure module for a decision (keys, ratelimit, routing, cors) and
 the request or passes it on, like Envoy's filter chain. CORS headers and ``x-request-id`` are
 added in :meth:`Gateway._finish`, which every answer goes through, errors and preflights
 included. Background work (live reload, workers, trace writer, queue, state saving) runs in
-:meth:`Gateway.run`, which the server (or the test harness) starts in its own nursery.
+:meth:`Gateway.run`, which the server (or the test harness) starts in its own task group.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.abc
 import attrs
 import orjson
-import trio
 
 from . import cors, keys
 from .dispatch import build_invocation, function_headers
 from .errors import HttpError, StateError
+from .feed import RequestFeed, job_event, request_event
 from .httpio import (
     MAX_BODY,
     Headers,
@@ -86,6 +88,7 @@ class Exchange:
     extra_spans: list[Span] = attrs.Factory(list)
     logs: tuple = ()
     trace_id: str = ""
+    message: str | None = None  # an error answer's human text (for the request log)
 
 
 class Gateway:
@@ -106,6 +109,7 @@ class Gateway:
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
+        self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
         self._live: LiveState | None = None
@@ -129,41 +133,47 @@ class Gateway:
     def _install(self, live: LiveState) -> None:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
-        Runs on the event loop (the pool's bookkeeping uses trio primitives)."""
+        Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
         self._live = live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.prewarm)
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """All background work; cancel it to stop (saves state, stops workers)."""
         if self._live is None:
-            await trio.to_thread.run_sync(self.load)
+            await anyio.to_thread.run_sync(self.load)
         assert self._live is not None
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.pool.run)
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(self.pool.run)
                 self._install(self._live)
-                await nursery.start(self.traces.run)
-                await nursery.start(self._reload_loop)
-                await nursery.start(self._save_loop)
-                await nursery.start(self._run_queue)
+                await tasks.start(self.traces.run)
+                await tasks.start(self._reload_loop)
+                await tasks.start(self._save_loop)
+                await tasks.start(self._run_queue)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
 
-    async def _run_queue(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_queue(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self.queue.run_dispatcher(
             self._invoke_queued, on_event=self._on_queue_event, task_status=task_status
         )
 
-    async def _reload_loop(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _reload_loop(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
-            await trio.sleep(RELOAD_INTERVAL)
+            await anyio.sleep(RELOAD_INTERVAL)
             if not self.loader.changed():
                 continue
             try:
@@ -175,14 +185,16 @@ class Gateway:
 
     async def reload_now(self) -> None:
         """Pick up .flux/ changes at once (used by `flux dev` and the test harness)."""
-        self._install(await trio.to_thread.run_sync(self.loader.load))
+        self._install(await anyio.to_thread.run_sync(self.loader.load))
 
-    async def _save_loop(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def _save_loop(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
-            await trio.sleep(SAVE_INTERVAL)
+            await anyio.sleep(SAVE_INTERVAL)
             if self._dirty:
-                await trio.to_thread.run_sync(self.save_state, self.state_snapshot())
+                await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
 
     def state_snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         """Limiter buckets and key last-used times, copied on the event loop: iterating them
@@ -235,6 +247,7 @@ class Gateway:
             status, headers, body = exc.status, [*exc.headers, JSON], b""
             body = error_body(exc.code, exc.message, ex.request_id)
             ex.span.setdefault("error", exc.code)
+            ex.message = exc.message
         except Exception:  # a bug of ours: still a proper answer with an id to trace
             log.exception("internal error handling request %s", ex.request_id)
             status, headers = 500, [JSON]
@@ -307,9 +320,9 @@ class Gateway:
 
         # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
         # 6. dispatch
-        # The body must arrive within the function's timeout: under trio, hypercorn does not
+        # The body must arrive within the function's timeout: hypercorn does not
         # report a client that stalls or goes away, so an unbounded read would hang forever.
-        with trio.move_on_after(spec.timeout) as reading:
+        with anyio.move_on_after(spec.timeout) as reading:
             body = await read_body(
                 receive,
                 ex.headers.get("content-length"),
@@ -390,7 +403,7 @@ class Gateway:
         prefix = "/_flux/invocations/"
         if ex.path.startswith(prefix):
             request_id = ex.path[len(prefix) :]
-            job = await trio.to_thread.run_sync(self.queue.get, request_id)
+            job = await anyio.to_thread.run_sync(self.queue.get, request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return 200, [JSON], orjson.dumps(job_to_json(job))
@@ -435,6 +448,8 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
+        if self.feed.active:
+            self._publish(ex, status, duration_ms)
         if not self.traces.enabled:
             return
         gateway_span = Span(
@@ -461,6 +476,24 @@ class Gateway:
             )
         )
 
+    def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
+        self.feed.publish(
+            request_event(
+                at=ex.started,
+                request_id=ex.request_id,
+                method=ex.method,
+                path=ex.path,
+                status=status,
+                duration_ms=duration_ms,
+                function=ex.function,
+                principal=ex.key_name,
+                gateway_span=ex.span,
+                spans=ex.extra_spans,
+                logs=ex.logs,
+                message=ex.message,
+            )
+        )
+
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:
         spec = self.live.routes.by_name(function)
@@ -471,3 +504,5 @@ class Gateway:
 
     def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
         self.traces.update_async_state(job.request_id, event, details)
+        if self.feed.active:
+            self.feed.publish(job_event(job.request_id, event, details))

@@ -2,8 +2,9 @@
 
 It starts a real gateway (fluxgw.testing.open_gateway) on a copy of the project that holds the
 test suite: the nearest folder at or above pytest's rootdir that has functions/. Override the
-``flux_project_dir`` fixture to point it elsewhere. Needs pytest-trio (trio_mode, or mark the
-test with @pytest.mark.trio).
+``flux_project_dir`` fixture to point it elsewhere. The fixture is async: run the test with
+pytest-trio (trio_mode, or @pytest.mark.trio) or with anyio's pytest plugin
+(@pytest.mark.anyio, on trio or asyncio).
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import attrs
-import trio
 
 from .errors import HttpError, StateError
 from .jobs import Job, invocation_json, job_from_row
@@ -122,7 +123,7 @@ class JobQueue:
         (self._depth,) = self._conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"
         ).fetchone()
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
 
     # -- producer (request path) ----------------------------------------------------------
 
@@ -143,7 +144,7 @@ class JobQueue:
             now,
         )
         try:
-            await trio.to_thread.run_sync(self._insert, row)
+            await anyio.to_thread.run_sync(self._insert, row)
         except sqlite3.Error as exc:
             log.exception("queue: could not store %s", invocation.request_id)
             raise HttpError(
@@ -182,7 +183,7 @@ class JobQueue:
 
     async def fetch(self, request_id: str) -> Job | None:
         """:meth:`get` in a thread, for use on the event loop (``GET /_flux/invocations/ID``)."""
-        return await trio.to_thread.run_sync(self.get, request_id)
+        return await anyio.to_thread.run_sync(self.get, request_id)
 
     # -- dispatcher -----------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class JobQueue:
         *,
         concurrency: int = 4,
         on_event: OnEvent | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run due jobs, at most ``concurrency`` at a time, until cancelled.
 
@@ -208,12 +209,12 @@ class JobQueue:
         ``attempt``, ``max_attempts`` and ``function``. Passing them on as
         ``TraceStore.update_async_state(job.request_id, event, data)`` fills the trace.
         """
-        requeued = await trio.to_thread.run_sync(self._recover)
+        requeued = await anyio.to_thread.run_sync(self._recover)
         if requeued:
             log.warning("queue: %d job(s) interrupted by a stop were queued again", requeued)
         emit = _safe(on_event)
         active = 0
-        next_prune = trio.current_time()
+        next_prune = anyio.current_time()
 
         async def run_one(job: Job, waited: float) -> None:
             nonlocal active
@@ -226,14 +227,14 @@ class JobQueue:
                 active -= 1
                 self._wake.set()  # a slot is free
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             task_status.started()
             while True:
                 # Reset before claiming: an enqueue during the claim sets the new event.
-                self._wake = trio.Event()
+                self._wake = anyio.Event()
                 if active < concurrency:
                     try:
-                        claimed = await trio.to_thread.run_sync(
+                        claimed = await anyio.to_thread.run_sync(
                             self._claim, concurrency - active, self._clock()
                         )
                     except sqlite3.Error:
@@ -241,14 +242,14 @@ class JobQueue:
                         claimed = []
                     for job, waited in claimed:
                         active += 1
-                        nursery.start_soon(run_one, job, waited)
-                if trio.current_time() >= next_prune:
-                    next_prune = trio.current_time() + PRUNE_EVERY
+                        tasks.start_soon(run_one, job, waited)
+                if anyio.current_time() >= next_prune:
+                    next_prune = anyio.current_time() + PRUNE_EVERY
                     try:
-                        await trio.to_thread.run_sync(self.prune, self._clock())
+                        await anyio.to_thread.run_sync(self.prune, self._clock())
                     except sqlite3.Error:
                         log.exception("queue: could not prune finished jobs")
-                with trio.move_on_after(self.poll_interval):
+                with anyio.move_on_after(self.poll_interval):
                     await self._wake.wait()
 
     async def _attempt(self, job: Job, waited: float, invoke: Invoke, emit: OnEvent) -> None:
@@ -272,17 +273,17 @@ class JobQueue:
                 await self._retry_or_fail(job, error, None, started, emit, exc)
             else:
                 await self._finish_succeeded(job, result, started, emit)
-        except trio.Cancelled:
-            with trio.move_on_after(REQUEUE_TIMEOUT) as scope:
+        except anyio.get_cancelled_exc_class():
+            with anyio.move_on_after(REQUEUE_TIMEOUT) as scope:
                 scope.shield = True
-                await trio.to_thread.run_sync(self._requeue_interrupted, job.request_id)
+                await anyio.to_thread.run_sync(self._requeue_interrupted, job.request_id)
             raise
 
     async def _finish_succeeded(
         self, job: Job, result: InvocationResult, started: float, emit: OnEvent
     ) -> None:
         now = self._clock()
-        await trio.to_thread.run_sync(
+        await anyio.to_thread.run_sync(
             self._update,
             job.request_id,
             "UPDATE jobs SET state = 'succeeded', result_status = ?, result_headers = ?, "
@@ -325,7 +326,7 @@ class JobQueue:
             return
         now = self._clock()
         delay = self.backoff(job.attempts)
-        await trio.to_thread.run_sync(
+        await anyio.to_thread.run_sync(
             self._update,
             job.request_id,
             "UPDATE jobs SET state = 'queued', next_run_at = ?, error = ?, updated_at = ? "
@@ -358,7 +359,7 @@ class JobQueue:
         exc: BaseException,
     ) -> None:
         now = self._clock()
-        await trio.to_thread.run_sync(
+        await anyio.to_thread.run_sync(
             self._update,
             job.request_id,
             "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE request_id = ?",

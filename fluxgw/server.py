@@ -1,34 +1,41 @@
-"""hypercorn + trio: start the gateway, handle signals, stop gracefully.
+"""hypercorn on anyio: start the gateway, handle signals, stop gracefully.
 
-Shape of a run: one root nursery holds the gateway's background tasks and hypercorn. SIGINT or
-SIGTERM sets a shutdown event: hypercorn stops accepting, lets requests in flight finish (up to
-``grace_period``), then the background tasks are cancelled, which saves limiter state and stops
-every worker process group. Exit code 0.
+The event loop is trio (the default) or asyncio (``--loop asyncio``; with uvloop when it is
+installed); everything but the choice of hypercorn's worker runs on anyio and is the same on
+both. Shape of a run: one root task group holds the gateway's background tasks and hypercorn.
+SIGINT or SIGTERM sets a shutdown event: hypercorn stops accepting, lets requests in flight
+finish (up to ``grace_period``), then the background tasks are cancelled, which saves limiter
+state and stops every worker process group. Exit code 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
+import anyio
+import anyio.abc
 import attrs
-import trio
+import sniffio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .state import StateDir
 
 log = logging.getLogger("fluxgw.server")
+
+Loop = Literal["trio", "asyncio"]
+LOOPS: tuple[Loop, ...] = ("trio", "asyncio")  # trio is the default
 
 
 @attrs.frozen
@@ -44,6 +51,7 @@ class ServerConfig:
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms
+    loop: Loop = "trio"
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -57,24 +65,53 @@ def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
     return config
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen here, not in hypercorn: the same code for both of its workers (its
+    asyncio ``serve`` does not report the bound address, needed for port 0), and a port in use
+    fails before anything else starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _hypercorn(
+    gateway: Gateway, config: Config, shutdown: Callable[[], Awaitable[Any]]
+) -> None:
+    """hypercorn's worker for the running event loop: it has one per loop, not one on anyio."""
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        await trio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+    else:
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        await asyncio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+
+
 async def serve_gateway(
     gateway: Gateway,
     host: str,
     port: int,
     *,
     grace_period: float = 10.0,
-    shutdown: trio.Event,
+    shutdown: anyio.Event,
     on_ready: Callable[[list[str]], None] | None = None,
-    task_status=trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
+    sock = listen_socket(host, port)
+    binds = [_url(sock)]
     config = hypercorn_config(host, port, grace_period)
-    async with trio.open_nursery() as background:
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
+    async with anyio.create_task_group() as background:
         await background.start(gateway.run)
-        async with trio.open_nursery() as http:
-            binds = await http.start(
-                functools.partial(serve, gateway, config, shutdown_trigger=shutdown.wait)
-            )
+        async with anyio.create_task_group() as http:
+            http.start_soon(_hypercorn, gateway, config, shutdown.wait)
+            # The socket listens already: a client connecting now waits in its backlog.
             if on_ready:
                 on_ready(binds)
             task_status.started(binds)
@@ -94,9 +131,9 @@ async def _main(config: ServerConfig) -> None:
             idle_timeout=config.idle_timeout,
         ),
     )
-    await trio.to_thread.run_sync(gateway.load)
+    await anyio.to_thread.run_sync(gateway.load)
     tune_garbage_collector()
-    shutdown = trio.Event()
+    shutdown = anyio.Event()
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
@@ -113,12 +150,12 @@ async def _main(config: ServerConfig) -> None:
             print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_watch_signals, shutdown)
         if config.dev:
             from .devreload import watch_and_redeploy
 
-            nursery.start_soon(watch_and_redeploy, state, gateway, shutdown)
+            tasks.start_soon(watch_and_redeploy, state, gateway, shutdown)
         await serve_gateway(
             gateway,
             config.host,
@@ -127,11 +164,11 @@ async def _main(config: ServerConfig) -> None:
             shutdown=shutdown,
             on_ready=ready,
         )
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
 
 
-async def _watch_signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _watch_signals(shutdown: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if shutdown.is_set():
                 continue
@@ -183,12 +220,23 @@ def single_gateway(state: StateDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def backend(loop: Loop) -> dict[str, Any]:
+    """``anyio.run`` arguments for ``loop``: asyncio runs on uvloop when it is installed."""
+    if loop == "trio":
+        return {"backend": "trio"}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {"backend": "asyncio"}
+    return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+
+
 def run_server(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:
-            trio.run(_main, config)
+            anyio.run(_main, config, **backend(config.loop))
         except* OSError as group:
             failure = group.exceptions[0]  # type: ignore[assignment]
     if failure is not None:

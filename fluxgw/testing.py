@@ -9,11 +9,13 @@ The project's functions/ are copied into a temporary folder, so tests never touc
 project's own .flux/ (its keys, limits and traces). The gateway is the real one: the same
 pipeline and real worker processes, served by hypercorn on 127.0.0.1 port 0 (suites run in
 parallel), or in-process with ``in_process=True`` (``gw.app`` is the ASGI app, ``gw.client``
-talks to it without a socket).
+talks to it without a socket). It runs on anyio: under trio (pytest-trio) or asyncio
+(anyio's pytest plugin) alike.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
@@ -21,9 +23,9 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import attrs
 import httpx
-import trio
 
 from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
@@ -138,9 +140,9 @@ async def open_gateway(
             GatewayOptions(clock=clock, tracing=tracing, max_workers=max_workers, prewarm=False),
         )
         gateway.load()
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             if in_process:
-                await nursery.start(gateway.run)
+                await tasks.start(gateway.run)
                 url = "http://flux.test"
                 transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=gateway)
                 client = httpx.AsyncClient(transport=transport, base_url=url)
@@ -148,15 +150,10 @@ async def open_gateway(
             else:
                 from .server import serve_gateway
 
-                shutdown = trio.Event()
-                binds = await nursery.start(
-                    lambda task_status: serve_gateway(
-                        gateway,
-                        "127.0.0.1",
-                        0,
-                        grace_period=2.0,
-                        shutdown=shutdown,
-                        task_status=task_status,
+                shutdown = anyio.Event()
+                binds = await tasks.start(
+                    functools.partial(
+                        serve_gateway, gateway, "127.0.0.1", 0, grace_period=2.0, shutdown=shutdown
                     )
                 )
                 url = binds[0]
@@ -168,7 +165,7 @@ async def open_gateway(
                 if shutdown is not None:
                     shutdown.set()
                 else:
-                    nursery.cancel_scope.cancel()
+                    tasks.cancel_scope.cancel()
 
 
 def _link_node_modules(source: Path, target: Path) -> None:

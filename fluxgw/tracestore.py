@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import orjson
-import trio
 
 from .errors import StateError
 from .runtime.api import LogLine
@@ -240,7 +241,9 @@ class TraceStore:
 
     # -- background writer ----------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Write buffered traces every ``flush_interval`` until cancelled, then flush the rest.
 
         The final flush runs shielded, with a timeout, so a stopping gateway keeps the traces
@@ -248,9 +251,9 @@ class TraceStore:
         """
         if not self.enabled:
             task_status.started()
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
         try:
-            self._conn = await trio.to_thread.run_sync(
+            self._conn = await anyio.to_thread.run_sync(
                 functools.partial(connect, self.db_path, create=True)
             )
         except (OSError, sqlite3.Error) as exc:
@@ -258,20 +261,20 @@ class TraceStore:
         try:
             task_status.started()
             while True:
-                await trio.sleep(self.flush_interval)
+                await anyio.sleep(self.flush_interval)
                 await self.flush()
                 self._flushes += 1
                 if self._flushes % RETENTION_EVERY == 0:
                     try:
-                        await trio.to_thread.run_sync(self._apply_retention, self._clock())
+                        await anyio.to_thread.run_sync(self._apply_retention, self._clock())
                     except sqlite3.Error as exc:  # e.g. a reader holds a lock: next round
                         log.warning("trace retention skipped: %s", exc)
         finally:
-            with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT) as scope:
+            with anyio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT) as scope:
                 scope.shield = True
                 await self.flush()
                 conn, self._conn = self._conn, None
-                await trio.to_thread.run_sync(conn.close)
+                await anyio.to_thread.run_sync(conn.close)
 
     async def flush(self) -> None:
         """Write what is pending now, ``batch_size`` items per transaction (in a thread).
@@ -294,7 +297,7 @@ class TraceStore:
                 traces = _dumps([row for kind, row in batch if kind is _TRACE])
                 events = _dumps([row for kind, row in batch if kind is _EVENT])
                 # Not abandoned on cancel: a batch taken from the buffer is always finished.
-                await trio.to_thread.run_sync(self._write, traces, events)
+                await anyio.to_thread.run_sync(self._write, traces, events)
             except Exception:
                 # Disk full, a locked file, an odd attribute: lose this batch, not the gateway.
                 log.exception("trace writer: could not write %d traces", count)

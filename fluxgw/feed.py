@@ -1,0 +1,303 @@
+"""The live feed: completed requests and async-job events, in process, for whoever listens.
+
+The gateway calls :meth:`RequestFeed.publish` once per answered request (where it records the
+trace) and once per async-job event. Listeners (the request log of `flux dev` /
+`flux serve --log-requests`, the dashboard's live tail) call :meth:`RequestFeed.subscribe`
+and read an anyio memory object stream.
+
+Publishing never waits and never fails: with nobody listening it is one truthiness check
+(the gateway checks :attr:`RequestFeed.active` before it even builds an event), and a
+subscriber that reads too slowly loses its *oldest* buffered events instead of slowing
+requests down. It then receives a :class:`Dropped` notice with how many it lost, before the
+next event. The feed is used from the event loop's thread only (like everything on the
+request path).
+
+An event carries what a log line needs and nothing secret: the key's *name*, never the key
+(the gateway never has anything else to give), and the function's output lines as captured.
+See docs/logs.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Protocol
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .runtime.api import FunctionFailed, InvocationResult, LogLine
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "Dropped",
+    "FeedItem",
+    "JobEvent",
+    "RequestEvent",
+    "RequestFeed",
+    "job_event",
+    "request_event",
+]
+
+DEFAULT_BUFFER = 1000  # events a subscriber may lag behind before the oldest are dropped
+
+
+def _logs(value: Iterable[LogLine]) -> tuple[LogLine, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(slots=True)
+class RequestEvent:
+    """One answered request (refusals included), as its log line shows it."""
+
+    at: float  # epoch seconds the request arrived
+    request_id: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    function: str | None = None
+    start: str | None = None  # "cold" or "warm" when a worker ran it
+    principal: str | None = None  # the API key's name (never the key itself)
+    error: str | None = None  # the error code of an error answer ("rate_limited", ...)
+    message: str | None = None  # the error's human text, as sent to the client
+    logs: tuple[LogLine, ...] = attrs.field(default=(), converter=_logs)
+    queued: bool = False  # an async function's 202: its job events follow
+
+    kind = "request"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "time": self.at,
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": round(self.duration_ms, 3),
+            "function": self.function,
+            "start": self.start,
+            "principal": self.principal,
+            "error": self.error,
+            "message": self.message,
+            "queued": self.queued,
+            "logs": [_log_json(line) for line in self.logs],
+        }
+
+
+@attrs.frozen(slots=True)
+class JobEvent:
+    """One step of an async job: ``running`` (an attempt starts), ``retry``, ``succeeded``,
+    ``failed``."""
+
+    at: float  # epoch seconds of the event
+    request_id: str
+    function: str
+    event: str
+    attempt: int
+    max_attempts: int
+    status: int | None = None  # the function's status (succeeded) or the failure's (502/504)
+    duration_ms: float | None = None  # the attempt's, once it ended
+    start: str | None = None  # "cold" or "warm", when the attempt reached a worker
+    error: str | None = None  # what failed (retry, failed)
+    retry_in_s: float | None = None  # retry: the backoff before the next attempt
+    logs: tuple[LogLine, ...] = attrs.field(default=(), converter=_logs)
+
+    kind = "job"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "time": self.at,
+            "request_id": self.request_id,
+            "function": self.function,
+            "event": self.event,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "status": self.status,
+            "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
+            "start": self.start,
+            "error": self.error,
+            "retry_in_s": self.retry_in_s,
+            "logs": [_log_json(line) for line in self.logs],
+        }
+
+
+@attrs.frozen(slots=True)
+class Dropped:
+    """``count`` events were lost because this subscriber read too slowly."""
+
+    count: int
+
+    kind = "dropped"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "count": self.count}
+
+
+FeedItem = RequestEvent | JobEvent | Dropped
+
+
+def _log_json(line: LogLine) -> dict[str, Any]:
+    return {"time": line.timestamp, "stream": line.stream, "text": line.text}
+
+
+@attrs.define(eq=False)
+class _Subscriber:
+    send: MemoryObjectSendStream[FeedItem]
+    tap: MemoryObjectReceiveStream[FeedItem]  # a clone of the reader's end: pops the oldest
+    max_buffer: int
+
+
+class RequestFeed:
+    """Fan-out of :data:`FeedItem` s to any number of bounded subscriber streams."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[_Subscriber] = []
+
+    @property
+    def active(self) -> bool:
+        """Is anybody listening? Check it before building an event (the common case: no)."""
+        return bool(self._subscribers)
+
+    def publish(self, event: RequestEvent | JobEvent) -> None:
+        """Hand ``event`` to every subscriber; never blocks, never raises."""
+        for subscriber in self._subscribers:
+            _offer(subscriber, event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, max_buffer: int = DEFAULT_BUFFER
+    ) -> AsyncIterator[MemoryObjectReceiveStream[FeedItem]]:
+        """A stream of the events published from now on, while the block runs.
+
+        At most ``max_buffer`` (>= 2) items wait unread; past that the oldest are dropped
+        and a :class:`Dropped` notice precedes the next event.
+        """
+        if max_buffer < 2:
+            raise ValueError("max_buffer must be at least 2 (an event and a Dropped notice)")
+        send, receive = anyio.create_memory_object_stream[FeedItem](max_buffer)
+        subscriber = _Subscriber(send, receive.clone(), max_buffer)
+        self._subscribers.append(subscriber)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._subscribers.remove(subscriber)
+            subscriber.send.close()
+            subscriber.tap.close()
+
+
+def _offer(subscriber: _Subscriber, event: RequestEvent | JobEvent) -> None:
+    send = subscriber.send
+    try:
+        send.send_nowait(event)
+        return
+    except anyio.WouldBlock:
+        pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        return  # the subscription is ending: nothing to deliver to
+    # Full: the reader is behind. Take everything out (no reader is waiting, or the buffer
+    # would not be full), drop the older half, and put back a notice, the newer half and the
+    # event. The notice then sits exactly where the gap is, and emptying half the buffer at a
+    # time keeps this O(1) per event, amortised, while a reader stays stalled.
+    items: list[FeedItem] = []
+    with contextlib.suppress(anyio.WouldBlock):
+        while True:
+            items.append(subscriber.tap.receive_nowait())
+    drop = max(len(items) // 2, len(items) - (subscriber.max_buffer - 2))
+    lost = sum(item.count if isinstance(item, Dropped) else 1 for item in items[:drop])
+    for item in (Dropped(lost), *items[drop:], event):
+        send.send_nowait(item)
+
+
+# -- building events (pure) -------------------------------------------------------------------
+
+
+class _SpanLike(Protocol):
+    name: str
+    attributes: dict[str, Any]
+
+
+def worker_start(spans: Iterable[_SpanLike]) -> str | None:
+    """``"cold"`` or ``"warm"`` from a request's runtime span, if a worker ran it."""
+    for span in spans:
+        if span.name == "runtime":
+            start = span.attributes.get("start")
+            return start if isinstance(start, str) else None
+    return None
+
+
+def request_event(
+    *,
+    at: float,
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    function: str | None,
+    principal: str | None,
+    gateway_span: Mapping[str, Any],
+    spans: Iterable[_SpanLike] = (),
+    logs: Iterable[LogLine] = (),
+    message: str | None = None,
+) -> RequestEvent:
+    """The event for one answered request, from what the gateway accumulated for its trace
+    (the gateway span's attributes give the error code and whether it was queued)."""
+    spans = list(spans)
+    error = gateway_span.get("error")
+    if error is None:
+        for span in spans:
+            if span.name == "function" and span.attributes.get("error"):
+                error = span.attributes["error"]
+                message = message or span.attributes.get("message")
+    return RequestEvent(
+        at=at,
+        request_id=request_id,
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=duration_ms,
+        function=function,
+        start=worker_start(spans),
+        principal=principal,
+        error=error if isinstance(error, str) else None,
+        message=message,
+        logs=logs,
+        queued=bool(gateway_span.get("queued")),
+    )
+
+
+def job_event(request_id: str, event: str, details: Mapping[str, Any]) -> JobEvent:
+    """The event for one dispatcher event (``on_event(job, event, details)`` of
+    :meth:`fluxgw.queue.JobQueue.run_dispatcher`)."""
+    result = details.get("result")
+    failure = details.get("exception")
+    logs: tuple[LogLine, ...] = ()
+    start = None
+    status = details.get("status")
+    if isinstance(result, InvocationResult):
+        logs, start, status = result.logs, ("cold" if result.cold_start else "warm"), result.status
+    elif isinstance(failure, FunctionFailed):
+        logs = failure.logs
+    delay = details.get("delay_s")
+    duration = details.get("duration_ms")
+    return JobEvent(
+        at=float(details.get("at", 0.0)),
+        request_id=request_id,
+        function=str(details.get("function", "")),
+        event=event,
+        attempt=int(details.get("attempt", 0)),
+        max_attempts=int(details.get("max_attempts", 0)),
+        status=status if isinstance(status, int) else None,
+        duration_ms=float(duration) if isinstance(duration, (int, float)) else None,
+        start=start,
+        error=details.get("error") or None,
+        retry_in_s=float(delay)
+        if isinstance(delay, int | float) and math.isfinite(delay)
+        else None,
+        logs=logs,
+    )
