@@ -9,6 +9,7 @@ included. Background work (live reload, workers, trace writer, queue, state savi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -39,8 +40,9 @@ from .metrics import Metrics
 from .queue import JobQueue, UnknownFunction
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
-from .runtime.pool import PoolManager
+from .runtime.pool import PoolManager, Stream
 from .state import StateDir
+from .streaming import send_stream
 from .tracestore import TraceStore
 from .tracing import (
     Span,
@@ -89,6 +91,9 @@ class Exchange:
     logs: tuple = ()
     trace_id: str = ""
     message: str | None = None  # an error answer's human text (for the request log)
+    resources: contextlib.AsyncExitStack = attrs.Factory(contextlib.AsyncExitStack)
+    stream: Stream | None = None  # a streamed answer, sent after the pipeline returned
+    result: InvocationResult | None = None
 
 
 class Gateway:
@@ -241,20 +246,29 @@ class Gateway:
             started_perf=time.perf_counter(),
             live=self.live,
         )
-        try:
-            status, headers, body = await self._pipeline(ex, scope, receive)
-        except HttpError as exc:
-            status, headers, body = exc.status, [*exc.headers, JSON], b""
-            body = error_body(exc.code, exc.message, ex.request_id)
-            ex.span.setdefault("error", exc.code)
-            ex.message = exc.message
-        except Exception:  # a bug of ours: still a proper answer with an id to trace
-            log.exception("internal error handling request %s", ex.request_id)
-            status, headers = 500, [JSON]
-            body = error_body("internal_error", "the gateway failed; see its log", ex.request_id)
-            ex.span["error"] = "internal_error"
-        headers = self._finish(ex, status, headers)
-        await send_response(send, status, headers, body)
+        # The exit stack holds a streamed invocation open until its body has been sent.
+        async with contextlib.AsyncExitStack() as ex.resources:
+            try:
+                status, headers, body = await self._pipeline(ex, scope, receive)
+            except HttpError as exc:
+                status, headers, body = exc.status, [*exc.headers, JSON], b""
+                body = error_body(exc.code, exc.message, ex.request_id)
+                ex.span.setdefault("error", exc.code)
+                ex.message = exc.message
+            except Exception:  # a bug of ours: still a proper answer with an id to trace
+                log.exception("internal error handling request %s", ex.request_id)
+                status, headers = 500, [JSON]
+                body = error_body(
+                    "internal_error", "the gateway failed; see its log", ex.request_id
+                )
+                ex.span["error"] = "internal_error"
+            headers = self._finish(ex, status, headers)
+            if ex.stream is None:
+                await send_response(send, status, headers, body)
+            else:
+                await send_stream(send, receive, status, headers, ex.stream)
+        if ex.stream is not None:
+            self._stream_spans(ex)
         self._record(ex, status)
 
     async def _pipeline(
@@ -352,10 +366,15 @@ class Gateway:
             payload = {"request_id": ex.request_id, "status": "queued"}
             return 202, [JSON], orjson.dumps(payload)
         try:
-            result = await self.pool.invoke(spec, invocation)
+            answer = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
         except FunctionFailed as failure:
             self._runtime_spans(ex, failure=failure)
-            raise HttpError(failure.status, failure.code, failure.message) from None
+            extra = [("retry-after", str(failure.retry_after))] if failure.retry_after else []
+            raise HttpError(failure.status, failure.code, failure.message, extra) from None
+        result = answer.result
+        if answer.stream is not None:  # spans once it ended: see _stream_spans
+            ex.stream, ex.result = answer.stream, result
+            return result.status, function_headers(result.headers), b""
         self._runtime_spans(ex, result=result)
         return result.status, function_headers(result.headers), result.body
 
@@ -444,6 +463,17 @@ class Gateway:
         )
         outcome = result if result is not None else failure
         ex.logs = outcome.logs if outcome is not None else ()
+
+    def _stream_spans(self, ex: Exchange) -> None:
+        """A streamed call's spans: its whole duration, how the stream ended, bytes, chunks,
+        time to first byte; its logs are complete only now."""
+        stream, result = ex.stream, ex.result
+        assert stream is not None and result is not None
+        run_ms = (anyio.current_time() - stream.started) * 1000
+        result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
+        self._runtime_spans(ex, result=result)
+        ex.extra_spans[-1].attributes.update(stream.attributes())
+        ex.span["stream"] = stream.outcome
 
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000

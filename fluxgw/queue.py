@@ -45,7 +45,7 @@ OnEvent = Callable[[Job, str, dict[str, Any]], None]
 POLL_INTERVAL = 0.5  # how often due retries are looked for when nothing else wakes us
 REQUEUE_TIMEOUT = 2.0  # shielded write on cancellation: put in-flight jobs back
 PRUNE_EVERY = 60.0  # seconds between deletions of old finished jobs
-RETRY_STATUSES = (502, 504)  # failures a retry may cure (SPEC §5); others fail at once
+RETRY_STATUSES = (502, 503, 504)  # failures a retry may cure (SPEC §5); others fail at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

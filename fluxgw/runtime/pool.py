@@ -142,25 +142,26 @@ class Stream:
         if self._first:
             yield self._first
         while True:
-            with anyio.move_on_at(self.end_at):
+            event: protocol.Event | None = None
+            with anyio.move_on_at(self.end_at):  # never across a yield: scopes are per task
                 try:
                     event = await self._call.next_event()
                 except WorkerGone as lost:
                     self.outcome, self.error = lost.code, lost.message
                     raise FunctionFailed(502, lost.code, lost.message) from None
-                if isinstance(event, protocol.Chunk):
-                    yield event.data
-                    continue
-                if isinstance(event, protocol.End):
-                    self.outcome = "complete"
-                    return
-                if isinstance(event, protocol.HandlerError):
-                    self.outcome = "error"
-                    self.error = event.error
-                    raise FunctionFailed(502, "function_error", f"stream failed: {event.error}")
-                continue  # a cancelled invocation's late frames
-            self.outcome = "timeout"
-            raise FunctionFailed(504, "function_timeout", "the stream ran past its timeout")
+            if event is None:
+                self.outcome = "timeout"
+                raise FunctionFailed(504, "function_timeout", "the stream ran past its timeout")
+            if isinstance(event, protocol.Chunk):
+                yield event.data
+            elif isinstance(event, protocol.End):
+                self.outcome = "complete"
+                return
+            elif isinstance(event, protocol.HandlerError):
+                self.outcome = "error"
+                self.error = event.error
+                raise FunctionFailed(502, "function_error", f"stream failed: {event.error}")
+            # anything else: a cancelled invocation's late frames
 
     async def delivered(self, nbytes: int) -> None:
         """``nbytes`` reached the client: count them, give the worker that much credit."""
