@@ -34,8 +34,10 @@ async def send_stream(
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    stream.outcome = "disconnect"
-                    group.cancel_scope.cancel()
+                    # hypercorn also reports one once the answer is complete: not a departure
+                    if stream.outcome == "streaming":
+                        stream.outcome = "disconnect"
+                        group.cancel_scope.cancel()
                     return
 
         group.start_soon(watch_disconnect)
