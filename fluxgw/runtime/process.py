@@ -45,6 +45,8 @@ MEMORY_INTERVAL = 0.05  # seconds between RSS samples of a worker with a memory 
 # Only what a runtime needs: the gateway's own environment may hold secrets.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SYSTEMROOT")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+# What node and deno print on fd 2 when V8 runs out of heap just before they abort.
+V8_OOM_MARKERS = (b"heap out of memory", b"Fatal process out of memory", b"Fatal JavaScript")
 
 
 class WorkerGone(Exception):
@@ -239,11 +241,12 @@ class Worker:
             os.close(write_fd)
             os.close(request_read)
         if memory_limit is not None:
-            # A hard backstop under the RSS watchdog: twice the limit of private writable
-            # memory (python gets MemoryError, V8 aborts), so even an allocation faster than
-            # the watchdog's sampling cannot take the machine's memory.
+            # A hard backstop under the RSS watchdog: a cap on private writable memory
+            # (python gets MemoryError, V8 aborts), so even an allocation faster than the
+            # watchdog's sampling cannot take the machine's memory.
             with contextlib.suppress(OSError, ValueError):
-                backstop = 2 * memory_limit + 256 * 1024 * 1024
+                # +1 GiB: deno reserves ~700 MiB of writable address space at start.
+                backstop = 2 * memory_limit + 1024 * 1024 * 1024
                 resource.prlimit(process.pid, resource.RLIMIT_DATA, (backstop, backstop))
         return cls(spec, process, PipeStream(read_fd), PipeStream(request_write), memory_limit)
 
@@ -488,6 +491,8 @@ class Worker:
                     data = await stream.receive(READ_SIZE)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break
+                if any(marker in data for marker in V8_OOM_MARKERS):
+                    self.memory_exceeded = True  # V8 hit its heap cap (--max-old-space-size)
                 self._splitter.feed(data)
         finally:
             self._splitter.close()

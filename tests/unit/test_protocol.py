@@ -368,7 +368,9 @@ def test_python_shim_caps_an_invocations_output(shim: ModuleType, tmp_path: Path
         frames.append(frame[0])
     assert len(frames) == shim.MAX_LINES + 1
     assert all(frame["id"] == 7 for frame in frames)
-    assert frames[-1]["text"].startswith(f"… {2 * (shim.MAX_LINES + 500) - shim.MAX_LINES} lines dropped")
+    assert frames[-1]["text"].startswith(
+        f"… {2 * (shim.MAX_LINES + 500) - shim.MAX_LINES} lines dropped"
+    )
 
 
 def test_python_shim_reads_invoke_frames(shim: ModuleType) -> None:
