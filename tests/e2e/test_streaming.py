@@ -66,7 +66,8 @@ export default async function () {
   let timer;
   const body = new ReadableStream({
     start(controller) {
-      timer = setInterval(() => controller.enqueue(new TextEncoder().encode(`data: ${i++}\\n\\n`)), 100);
+      const encoder = new TextEncoder();
+      timer = setInterval(() => controller.enqueue(encoder.encode(`data: ${i++}\\n\\n`)), 100);
     },
     cancel() {
       clearInterval(timer);
