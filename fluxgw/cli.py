@@ -108,9 +108,9 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-workers",
         type=count,
-        default=4,
+        default=None,
         metavar="N",
-        help="most concurrent invocations of one function (default 4)",
+        help="most workers of one function (default: one per CPU, at least 2)",
     )
     group.add_argument(
         "--min-workers",

@@ -111,12 +111,15 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
 
 def pool_options(args: argparse.Namespace) -> dict[str, Any]:
     """ServerConfig fields from `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
-    if args.max_workers < 1 or args.min_workers > args.max_workers:
+    from .runtime.pool import default_max_workers
+
+    max_workers = default_max_workers() if args.max_workers is None else args.max_workers
+    if max_workers < 1 or args.min_workers > max_workers:
         raise FluxError("need --max-workers >= 1 and --min-workers <= --max-workers")
     if args.idle_timeout <= 0:
         raise FluxError("--idle-timeout must be > 0 seconds")
     return {
-        "max_workers": args.max_workers,
+        "max_workers": max_workers,
         "min_workers": args.min_workers,
         "idle_timeout": args.idle_timeout,
         "prewarm": args.prewarm,

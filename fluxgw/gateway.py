@@ -63,7 +63,7 @@ INTERNAL_PREFIX = "/_flux/"
 @attrs.define
 class GatewayOptions:
     clock: Callable[[], float] = time.time  # wall clock: limiter state survives restarts
-    max_workers: int = 4  # per function; see docs/runtimes.md
+    max_workers: int | None = None  # per function; None: one per CPU (docs/runtimes.md)
     min_workers: int = 0  # per function, kept warm by the idle reaper
     idle_timeout: float = 300.0
     prewarm: bool = False

@@ -47,7 +47,7 @@ class ServerConfig:
     tracing: bool = True
     grace_period: float = 10.0
     access_log: bool = False
-    max_workers: int = 4  # warm workers per function (SPEC §6, docs/runtimes.md)
+    max_workers: int | None = None  # per function; None: one per CPU (docs/runtimes.md)
     min_workers: int = 0
     idle_timeout: float = 300.0
     prewarm: bool = False  # `flux dev` always pre-warms

@@ -15,6 +15,7 @@ from .api import LogLine
 MAX_LINE = 16 * 1024  # characters kept of one line
 MAX_LINES = 1000  # lines kept per invocation
 MAX_BYTES = 1024 * 1024  # characters kept per invocation
+_MARKER_ROOM = 64  # a line already cut by the worker ends with "… [N characters cut]"
 
 
 def cut(text: str) -> str:
@@ -37,7 +38,7 @@ class LogBuffer:
         if len(self._lines) >= MAX_LINES or self._size >= MAX_BYTES:
             self.dropped += 1
             return
-        if len(line.text) > MAX_LINE:
+        if len(line.text) > MAX_LINE + _MARKER_ROOM:
             line = LogLine(line.timestamp, line.stream, cut(line.text))
         self._lines.append(line)
         self._size += len(line.text)
