@@ -2,7 +2,7 @@
 
 The gateway builds an :class:`Invocation` (the caller's ``Authorization`` already removed) and
 calls ``PoolManager.invoke(spec, invocation)``; it gets an :class:`InvocationResult` or a
-:class:`FunctionFailed` carrying the SPEC §4.2 status, error code, message and the log lines
+:class:`FunctionFailed` carrying the HTTP status, error code, message and the log lines
 the function printed before failing.
 """
 
