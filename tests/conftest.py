@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import pytest
 
 from fluxgw.runtime.discovery import find_runtime
@@ -29,6 +31,34 @@ JS_RUNTIMES = [
     )
     for runtime in ("node", "deno")
 ]
+
+# The event loops the gateway runs on. Async tests run on trio (the default loop) unless
+# marked with BOTH_LOOPS; end-to-end tests marked with it take a `loop` argument and pass it to
+# serve(..., loop=loop), i.e. `flux serve --loop LOOP`.
+LOOPS = ("trio", "asyncio")
+BOTH_LOOPS = pytest.mark.both_loops  # on a module or test: its async tests run on each loop
+SERVER_LOOPS = pytest.mark.parametrize("loop", LOOPS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_loops") and (
+        "anyio_backend" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("anyio_backend", LOOPS)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"
+
+
+@pytest.fixture
+async def tasks() -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group for background tasks of one test, cancelled when the test ends."""
+    async with anyio.create_task_group() as group:
+        yield group
+        group.cancel_scope.cancel()
+
 
 FLUX = str(Path(sys.executable).with_name("flux"))
 READY = re.compile(r"serving .* at (http://\S+)")
@@ -98,11 +128,15 @@ def kill_group(process: subprocess.Popen[str]) -> None:
 
 @contextlib.contextmanager
 def serve(
-    project: Path, *args: str, command: str = "serve", env: dict[str, str] | None = None
+    project: Path,
+    *args: str,
+    command: str = "serve",
+    env: dict[str, str] | None = None,
+    loop: str = "trio",
 ) -> Iterator[RunningGateway]:
-    """Start `flux serve --port 0` (its own process group) and wait for its ready line."""
+    """Start `flux serve --port 0 --loop LOOP` (its own process group); wait for its ready line."""
     process = subprocess.Popen(
-        [FLUX, "--project", str(project), command, "--port", "0", *args],
+        [FLUX, "--project", str(project), command, "--port", "0", "--loop", loop, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import bearer, flux, key_for, serve, write_function
+from conftest import SERVER_LOOPS, bearer, flux, key_for, serve, write_function
 
 JOB = """
 import json, time
@@ -60,9 +60,10 @@ def trace_json(project: Path, request_id: str) -> dict:
 
 
 @pytest.mark.timeout(60)
-def test_queued_running_succeeded(deployed: Path) -> None:
+@SERVER_LOOPS
+def test_queued_running_succeeded(deployed: Path, loop: str) -> None:
     key = key_for(deployed)
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    with serve(deployed, loop=loop) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         # four slow jobs take every dispatcher slot, so the fifth is seen waiting
         blockers = [client.post("/job", headers=bearer(key), json={"sleep": 1.0}) for _ in range(4)]
         started = time.monotonic()
@@ -136,9 +137,10 @@ def test_queued_running_succeeded(deployed: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_crashing_function_fails_after_three_attempts(deployed: Path) -> None:
+@SERVER_LOOPS
+def test_a_crashing_function_fails_after_three_attempts(deployed: Path, loop: str) -> None:
     key = key_for(deployed)
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    with serve(deployed, loop=loop) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         started = time.monotonic()
         accepted = client.post("/crash", headers=bearer(key), json={})
         assert accepted.status_code == 202

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
+import anyio
 from conftest import JS_RUNTIMES, flux, serve, write_function
 
 from fluxgw.state import StateDir
@@ -52,7 +52,7 @@ async def fire(url: str, key: str, paths: list[str], timeout: float = 30) -> lis
         async def one(index: int, path: str) -> None:
             answers[index] = await client.get(path, headers={"authorization": f"Bearer {key}"})
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for index, path in enumerate(paths):
                 nursery.start_soon(one, index, path)
     return [answer for answer in answers if answer is not None]
@@ -179,7 +179,7 @@ async def test_log_lines_of_50_concurrent_invocations_land_in_their_own_traces(
             for request_id in ids.keys() - found.keys():
                 with contextlib.suppress(TraceNotFound):
                     found[request_id] = store.get(request_id)
-            await trio.sleep(0.2)
+            await anyio.sleep(0.2)
     assert len(found) == 50
     for request_id, n in ids.items():
         texts = [line.text for line in found[request_id].logs]

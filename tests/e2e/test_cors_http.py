@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import flux, serve, write_function
+from conftest import SERVER_LOOPS, flux, serve, write_function
 
 ECHO = (
     "from fluxgw.runtime import Response\n"
@@ -28,10 +28,11 @@ def remaining(response: httpx.Response) -> int:
     return int(response.headers["ratelimit"].split("r=")[1].split(";")[0])
 
 
-def test_preflight_needs_no_key_and_costs_no_quota(cors_project: Path) -> None:
+@SERVER_LOOPS
+def test_preflight_needs_no_key_and_costs_no_quota(cors_project: Path, loop: str) -> None:
     key = flux(cors_project, "api-keys", "create", "--name", "k").stdout.strip()
     auth = {"authorization": f"Bearer {key}"}
-    with serve(cors_project) as gw, httpx.Client(base_url=gw.url) as client:
+    with serve(cors_project, loop=loop) as gw, httpx.Client(base_url=gw.url) as client:
         before = remaining(client.post("/echo", headers=auth))
         for _ in range(5):
             preflight = client.options(
@@ -56,9 +57,10 @@ def test_preflight_needs_no_key_and_costs_no_quota(cors_project: Path) -> None:
         assert after == before - 1  # only the second POST counted
 
 
-def test_every_answer_to_an_allowed_origin_has_cors_headers(cors_project: Path) -> None:
+@SERVER_LOOPS
+def test_every_answer_to_an_allowed_origin_has_cors_headers(cors_project: Path, loop: str) -> None:
     key = flux(cors_project, "api-keys", "create", "--name", "k").stdout.strip()
-    with serve(cors_project) as gw, httpx.Client(base_url=gw.url) as client:
+    with serve(cors_project, loop=loop) as gw, httpx.Client(base_url=gw.url) as client:
         for response in (
             client.post("/echo", headers={"origin": APP, "authorization": f"Bearer {key}"}),
             client.post("/echo", headers={"origin": APP}),  # 401

@@ -6,11 +6,11 @@ import signal
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import psutil
 import pytest
-import trio
-from conftest import bearer, flux, key_for, serve, write_function
+from conftest import SERVER_LOOPS, bearer, flux, key_for, serve, write_function
 
 HELLO = """
 def handler(request, ctx):
@@ -59,10 +59,11 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     return body
 
 
-def test_every_status_of_the_contract(deployed: Path) -> None:
+@SERVER_LOOPS
+def test_every_status_of_the_contract(deployed: Path, loop: str) -> None:
     key = key_for(deployed)
     scoped = key_for(deployed, "scoped", "--function", "slow")
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    with serve(deployed, loop=loop) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         ok = client.post(
             "/hello?x=1", headers={**bearer(key), "x-request-id": "client-chosen"}, json={"a": 1}
         )
@@ -112,9 +113,10 @@ def test_another_projects_key_is_403(deployed: Path, tmp_path: Path) -> None:
         assert_error(client.post("/hello", headers=bearer(foreign)), 403, "wrong_project")
 
 
-def test_burst_then_refill(deployed: Path) -> None:
+@SERVER_LOOPS
+def test_burst_then_refill(deployed: Path, loop: str) -> None:
     key, other = key_for(deployed), key_for(deployed, "other")
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    with serve(deployed, loop=loop) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         statuses = [client.get("/slow?s=0", headers=bearer(key)).status_code for _ in range(125)]
         assert statuses[:120] == [200] * 120, statuses
         assert statuses[120:] == [429] * 5
@@ -127,9 +129,10 @@ def test_burst_then_refill(deployed: Path) -> None:
         assert client.get("/slow?s=0", headers=bearer(key)).status_code == 429
 
 
-async def test_limit_is_exact_under_concurrency(deployed: Path) -> None:
+@SERVER_LOOPS
+async def test_limit_is_exact_under_concurrency(deployed: Path, loop: str) -> None:
     key = key_for(deployed)
-    with serve(deployed) as gw:
+    with serve(deployed, loop=loop) as gw:
         limits = httpx.Limits(max_connections=50)
         async with httpx.AsyncClient(base_url=gw.url, timeout=60, limits=limits) as client:
             statuses: list[int] = []
@@ -140,10 +143,10 @@ async def test_limit_is_exact_under_concurrency(deployed: Path) -> None:
                 statuses.append(r.status_code)
 
             started = time.monotonic()
-            with trio.fail_after(120):
-                async with trio.open_nursery() as nursery:
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tasks:
                     for _ in range(1000):
-                        nursery.start_soon(one)
+                        tasks.start_soon(one)
             elapsed = time.monotonic() - started
     admitted = statuses.count(404)
     assert statuses.count(429) + admitted == 1000
@@ -203,29 +206,30 @@ async def test_deploy_is_picked_up_within_one_second_with_requests_in_flight(
             async def slow_call() -> None:
                 in_flight.append(await client.get("/slow?s=1.5", headers=bearer(key)))
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tasks:
                 for _ in range(3):
-                    nursery.start_soon(slow_call)
-                await trio.sleep(0.3)
+                    tasks.start_soon(slow_call)
+                await anyio.sleep(0.3)
                 slow = deployed / "functions" / "slow" / "main.py"
                 slow.write_text(SLOW.replace('{"version": 1}', '{"version": 2}'))
-                await trio.to_thread.run_sync(lambda: flux(deployed, "deploy"))
+                await anyio.to_thread.run_sync(lambda: flux(deployed, "deploy"))
                 deployed_at = time.monotonic()
                 while True:
                     r = await client.get("/slow?s=0", headers=bearer(key))
                     if r.json() == {"version": 2}:
                         break
                     assert time.monotonic() - deployed_at < 1.0
-                    await trio.sleep(0.02)
+                    await anyio.sleep(0.02)
             assert [r.status_code for r in in_flight] == [200, 200, 200]
             assert all(r.json() == {"version": 1} for r in in_flight)
 
 
-def test_sigterm_finishes_in_flight_work_and_leaves_no_process(deployed: Path) -> None:
+@SERVER_LOOPS
+def test_sigterm_finishes_in_flight_work_and_leaves_no_process(deployed: Path, loop: str) -> None:
     import threading
 
     key = key_for(deployed)
-    with serve(deployed) as gw:
+    with serve(deployed, loop=loop) as gw:
         server = psutil.Process(gw.process.pid)
         with httpx.Client(base_url=gw.url, timeout=30) as client:
             assert client.get("/slow?s=0", headers=bearer(key)).status_code == 200
@@ -277,14 +281,15 @@ def test_a_second_gateway_on_the_same_project_is_refused(deployed: Path) -> None
         pass
 
 
-def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path) -> None:
+@SERVER_LOOPS
+def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path, loop: str) -> None:
     import socket
     import urllib.parse
 
     write_function(project, "quick", HELLO, route="/quick", timeout=1)
     flux(project, "deploy")
     key = key_for(project)
-    with serve(project) as gw:
+    with serve(project, loop=loop) as gw:
         url = urllib.parse.urlsplit(gw.url)
         with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
             sock.sendall(

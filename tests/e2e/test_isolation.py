@@ -14,9 +14,9 @@ import collections
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import trio
 from conftest import flux, serve, write_function
 
 from fluxgw.runtime.discovery import find_runtime
@@ -67,9 +67,9 @@ async def fire(client: httpx.AsyncClient, key: str, paths: list[str]) -> list[tu
             assert response.json()["request_id"] == response.headers["x-request-id"]
         results[index] = (path, response.status_code)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for index, path in enumerate(paths):
-            nursery.start_soon(one, index, path)
+            tasks.start_soon(one, index, path)
     return [r for r in results if r is not None]
 
 

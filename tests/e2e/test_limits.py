@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import trio
+import anyio
 from conftest import JS_RUNTIMES, flux, serve, write_function
 
 from fluxgw.state import StateDir
@@ -112,11 +112,11 @@ export default async function () {
 
 async def trace_of(project: Path, request_id: str) -> TraceRecord:
     store = TraceStore(StateDir(project).traces_db)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         while True:
             with contextlib.suppress(TraceNotFound):
                 return store.get(request_id)
-            await trio.sleep(0.1)
+            await anyio.sleep(0.1)
 
 
 async def latency(client: httpx.AsyncClient, auth: dict[str, str], n: int = 20) -> float:
@@ -151,7 +151,7 @@ async def test_a_function_printing_200_mb_keeps_the_gateway_small_and_fast(
             async def flood() -> None:
                 flooded.append(await client.get("/flood", headers=auth))
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(flood)
                 while not flooded:
                     peak = max(peak, gateway.memory_info().rss)

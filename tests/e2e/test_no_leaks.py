@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import anyio
 import httpx
 import psutil
 import pytest
-import trio
 from conftest import flux, serve, write_function
 
 from fluxgw.runtime.discovery import find_runtime
@@ -166,7 +166,7 @@ class TreeSampler:
     async def run(self, interval: float = 0.1) -> None:
         while True:
             self.sample()
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
 
 
 def plan_requests(runtimes: list[str], count: int, seed: int) -> list[str]:
@@ -192,7 +192,7 @@ async def test_no_process_survives_200_requests_a_redeploy_and_sigterm(project: 
         sampler = TreeSampler(gw.process.pid)
         try:
             async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
-                limit = trio.Semaphore(12)
+                limit = anyio.Semaphore(12)
 
                 async def call(name: str) -> None:
                     async with limit:
@@ -202,14 +202,14 @@ async def test_no_process_survives_200_requests_a_redeploy_and_sigterm(project: 
                         spawned.append(response.json()["child"])
 
                 async def batch(count: int, seed: int) -> None:
-                    async with trio.open_nursery() as nursery:
+                    async with anyio.create_task_group() as tasks:
                         for name in plan_requests(runtimes, count, seed):
-                            nursery.start_soon(call, name)
+                            tasks.start_soon(call, name)
 
                 async def deployment() -> int:
                     return (await client.get("/_flux/health")).json()["deployment"]
 
-                async with trio.open_nursery() as outer:
+                async with anyio.create_task_group() as outer:
                     outer.start_soon(sampler.run)
                     await batch(100, seed=4)
                     before_redeploy = list(sampler.seen.values())
@@ -217,13 +217,13 @@ async def test_no_process_survives_200_requests_a_redeploy_and_sigterm(project: 
                     # Redeploy with requests in flight: old workers drain, then their process
                     # groups (with the children left running) must go.
                     version = await deployment()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(batch, 50, 5)
-                        await trio.sleep(0.2)
-                        await trio.to_thread.run_sync(lambda: flux(project, "deploy"))
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(batch, 50, 5)
+                        await anyio.sleep(0.2)
+                        await anyio.to_thread.run_sync(lambda: flux(project, "deploy"))
                         while await deployment() == version:
-                            await trio.sleep(0.05)
-                    old_left = await trio.to_thread.run_sync(wait_gone, before_redeploy, 5.0)
+                            await anyio.sleep(0.05)
+                    old_left = await anyio.to_thread.run_sync(wait_gone, before_redeploy, 5.0)
                     assert not old_left, "old generation left behind:\n" + describe(old_left)
                     await batch(50, seed=6)  # the new generation's workers and children
                     outer.cancel_scope.cancel()

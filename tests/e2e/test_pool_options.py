@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import psutil
 import pytest
-import trio
 from conftest import flux, serve, write_function
 
 from fluxgw.runtime.discovery import find_runtime
@@ -70,9 +70,9 @@ async def test_prewarm_max_workers_and_idle_reaping(project: Path) -> None:
                 pids.append(response.json()["pid"])
 
             started = time.monotonic()
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tasks:
                 for _ in range(3):
-                    nursery.start_soon(one)
+                    tasks.start_soon(one)
             # --max-workers 1: one warm (pre-started) worker serves the three, one at a time
             assert len(set(pids)) == 1 and pids[0] in prewarmed
             assert time.monotonic() - started >= 0.85

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
+import anyio
 from conftest import JS_RUNTIMES, flux, serve, write_function
 
 from fluxgw.state import StateDir
@@ -89,11 +89,11 @@ def deploy(project: Path) -> str:
 
 async def trace_of(project: Path, request_id: str) -> TraceRecord:
     store = TraceStore(StateDir(project).traces_db)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         while True:
             with contextlib.suppress(TraceNotFound):
                 return store.get(request_id)
-            await trio.sleep(0.1)
+            await anyio.sleep(0.1)
 
 
 def function_span(trace: TraceRecord) -> dict:

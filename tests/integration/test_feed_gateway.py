@@ -6,10 +6,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import write_function
+from conftest import BOTH_LOOPS, write_function
 
 from fluxgw.feed import JobEvent, RequestEvent
 from fluxgw.testing import open_gateway
+
+pytestmark = BOTH_LOOPS
 
 PRINTS = "def handler(request, ctx):\n    print('marker-feed')\n    return {'ok': True}\n"
 FAILS = "def handler(request, ctx):\n    raise RuntimeError('boom-feed')\n"

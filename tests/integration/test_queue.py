@@ -9,14 +9,17 @@ import random
 import sqlite3
 import stat
 
+import anyio
 import pytest
-import trio
+from conftest import BOTH_LOOPS
 
 from fluxgw.jobs import Job, job_to_json
 from fluxgw.queue import JobQueue, UnknownFunction
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult, LogLine
 from fluxgw.tracestore import TraceStore
 from fluxgw.tracing import TraceRecord, new_request_id
+
+pytestmark = BOTH_LOOPS
 
 
 class FakeClock:
@@ -46,18 +49,18 @@ def ok(status: int = 200, body: bytes = b'{"ok": true}') -> InvocationResult:
 
 
 async def wait_for(queue: JobQueue, request_id: str, predicate, timeout: float = 5.0) -> Job:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while True:
             job = queue.get(request_id)
             if job is not None and predicate(job):
                 return job
-            await trio.sleep(0.005)
+            await anyio.sleep(0.005)
 
 
 async def until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not predicate():
-            await trio.sleep(0.005)
+            await anyio.sleep(0.005)
 
 
 def make_queue(path, **kw) -> JobQueue:
@@ -84,12 +87,12 @@ async def test_enqueue_is_durable(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_success_lifecycle(tmp_path, nursery):
+async def test_success_lifecycle(tmp_path, tasks):
     clock = FakeClock()
     queue = make_queue(tmp_path / "queue.db", clock=clock)
     events: list[tuple[str, str, int]] = []
-    seen_running = trio.Event()
-    release = trio.Event()
+    seen_running = anyio.Event()
+    release = anyio.Event()
     calls: list[tuple[str, Invocation]] = []
 
     async def invoke(function: str, invocation: Invocation) -> InvocationResult:
@@ -101,13 +104,13 @@ async def test_success_lifecycle(tmp_path, nursery):
     def on_event(job: Job, event: str, data: dict) -> None:
         events.append((event, job.state, data["attempt"]))
 
-    await nursery.start(
+    await tasks.start(
         lambda task_status: queue.run_dispatcher(invoke, on_event=on_event, task_status=task_status)
     )
     invocation = make_invocation()
     await queue.enqueue(invocation, "jobs")
     assert queue.get(invocation.request_id).state in ("queued", "running")
-    with trio.fail_after(2):
+    with anyio.fail_after(2):
         await seen_running.wait()
     running = queue.get(invocation.request_id)
     assert (running.state, running.attempts) == ("running", 1)
@@ -123,21 +126,21 @@ async def test_success_lifecycle(tmp_path, nursery):
     assert queue.depth() == 0
 
 
-async def test_enqueue_wakes_the_dispatcher_promptly(tmp_path, nursery):
+async def test_enqueue_wakes_the_dispatcher_promptly(tmp_path, tasks):
     queue = make_queue(tmp_path / "queue.db", poll_interval=30.0)  # only a wake-up can help
-    started = trio.Event()
+    started = anyio.Event()
 
     async def invoke(function, invocation):
         started.set()
         return ok()
 
-    await nursery.start(queue.run_dispatcher, invoke)
+    await tasks.start(queue.run_dispatcher, invoke)
     await queue.enqueue(make_invocation(), "jobs")
-    with trio.fail_after(1):
+    with anyio.fail_after(1):
         await started.wait()
 
 
-async def test_retries_with_backoff_then_fails(tmp_path, nursery):
+async def test_retries_with_backoff_then_fails(tmp_path, tasks):
     clock = FakeClock()
     queue = make_queue(tmp_path / "queue.db", clock=clock, backoff_base=2.0, backoff_max=60.0)
     attempts: list[float] = []
@@ -147,7 +150,7 @@ async def test_retries_with_backoff_then_fails(tmp_path, nursery):
         raise FunctionFailed(502, "runtime_crashed", "worker exited with code 1")
 
     events: list[str] = []
-    await nursery.start(
+    await tasks.start(
         lambda task_status: queue.run_dispatcher(
             invoke, on_event=lambda job, event, data: events.append(event), task_status=task_status
         )
@@ -160,7 +163,7 @@ async def test_retries_with_backoff_then_fails(tmp_path, nursery):
     delay = first.next_run_at - clock.now
     assert 1.0 <= delay <= 2.0  # base 2 s, jitter scales it into [0.5, 1] x
     assert "worker exited" in first.error
-    await trio.sleep(0.05)
+    await anyio.sleep(0.05)
     assert len(attempts) == 1  # not due yet: the fake clock has not moved
     clock.now = first.next_run_at
 
@@ -186,7 +189,7 @@ def test_backoff_is_capped():
     assert max(delays[10:]) <= 60.0 and min(delays[10:]) >= 30.0
 
 
-async def test_timeout_504_is_retried_and_can_succeed(tmp_path, nursery):
+async def test_timeout_504_is_retried_and_can_succeed(tmp_path, tasks):
     clock = FakeClock()
     queue = make_queue(tmp_path / "queue.db", clock=clock, backoff_base=0.0)
     results = [FunctionFailed(504, "timeout", "ran past 30 s"), ok()]
@@ -197,20 +200,20 @@ async def test_timeout_504_is_retried_and_can_succeed(tmp_path, nursery):
             raise outcome
         return outcome
 
-    await nursery.start(queue.run_dispatcher, invoke)
+    await tasks.start(queue.run_dispatcher, invoke)
     invocation = make_invocation()
     await queue.enqueue(invocation, "jobs")
     done = await wait_for(queue, invocation.request_id, lambda j: j.state == "succeeded")
     assert done.attempts == 2 and done.error is None
 
 
-async def test_unknown_function_fails_at_once(tmp_path, nursery):
+async def test_unknown_function_fails_at_once(tmp_path, tasks):
     queue = make_queue(tmp_path / "queue.db")
 
     async def invoke(function, invocation):
         raise UnknownFunction(function)
 
-    await nursery.start(queue.run_dispatcher, invoke)
+    await tasks.start(queue.run_dispatcher, invoke)
     invocation = make_invocation()
     await queue.enqueue(invocation, "gone")
     failed = await wait_for(queue, invocation.request_id, lambda j: j.state == "failed")
@@ -218,7 +221,7 @@ async def test_unknown_function_fails_at_once(tmp_path, nursery):
     assert failed.error == "function 'gone' is no longer deployed"
 
 
-async def test_a_bug_in_invoke_does_not_stop_the_dispatcher(tmp_path, nursery):
+async def test_a_bug_in_invoke_does_not_stop_the_dispatcher(tmp_path, tasks):
     queue = make_queue(tmp_path / "queue.db", backoff_base=0.0, max_attempts=1)
 
     async def invoke(function, invocation):
@@ -226,7 +229,7 @@ async def test_a_bug_in_invoke_does_not_stop_the_dispatcher(tmp_path, nursery):
             raise RuntimeError("boom")
         return ok()
 
-    await nursery.start(queue.run_dispatcher, invoke)
+    await tasks.start(queue.run_dispatcher, invoke)
     bad, good = make_invocation(), make_invocation()
     await queue.enqueue(bad, "buggy")
     await queue.enqueue(good, "jobs")
@@ -253,10 +256,10 @@ async def test_running_jobs_left_by_a_crash_are_requeued(tmp_path):
         calls.append(inv.request_id)
         return ok()
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(queue.run_dispatcher, invoke)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(queue.run_dispatcher, invoke)
         done = await wait_for(queue, invocation.request_id, lambda j: j.state == "succeeded")
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
     assert calls == [invocation.request_id]
     assert done.attempts == 1  # the interrupted attempt is not counted
 
@@ -271,34 +274,34 @@ async def test_no_job_lost_when_the_dispatcher_is_killed_midway(tmp_path):
 
     async def slow(function, invocation):
         calls.append(invocation.request_id)
-        await trio.sleep(0.02)
+        await anyio.sleep(0.02)
         return ok()
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(
             lambda task_status: first.run_dispatcher(slow, concurrency=4, task_status=task_status)
         )
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             while sum(first.get(i.request_id).state == "succeeded" for i in invocations) < 5:
-                await trio.sleep(0.005)
-        nursery.cancel_scope.cancel()
+                await anyio.sleep(0.005)
+        tasks.cancel_scope.cancel()
     states = [first.get(i.request_id).state for i in invocations]
     assert states.count("succeeded") < 20 and "running" not in states  # put back on the way out
     first.close()
 
     second = make_queue(path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(
             lambda task_status: second.run_dispatcher(slow, concurrency=4, task_status=task_status)
         )
         for invocation in invocations:
             await wait_for(second, invocation.request_id, lambda j: j.state == "succeeded")
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
     assert set(calls) == {i.request_id for i in invocations}  # each ran at least once
     assert second.depth() == 0
 
 
-async def test_concurrency_is_bounded(tmp_path, nursery):
+async def test_concurrency_is_bounded(tmp_path, tasks):
     queue = make_queue(tmp_path / "queue.db")
     running = 0
     peak = 0
@@ -307,11 +310,11 @@ async def test_concurrency_is_bounded(tmp_path, nursery):
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await trio.sleep(0.02)
+        await anyio.sleep(0.02)
         running -= 1
         return ok()
 
-    await nursery.start(
+    await tasks.start(
         lambda task_status: queue.run_dispatcher(invoke, concurrency=3, task_status=task_status)
     )
     invocations = [make_invocation() for _ in range(12)]
@@ -375,10 +378,10 @@ def test_job_to_json_shapes():
     assert queued["result"] is None and queued["next_attempt_at"] == 1.0 and queued["error"] == "x"
 
 
-async def test_queue_events_fill_the_trace(tmp_path, nursery):
+async def test_queue_events_fill_the_trace(tmp_path, tasks):
     """Wired as the gateway does: on_event -> TraceStore.update_async_state(id, event, data)."""
     store = TraceStore(tmp_path / "traces.db", flush_interval=0.01)
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     queue = make_queue(tmp_path / "queue.db", backoff_base=0.0)
     crash_log = (LogLine(5.0, "stderr", "Traceback ..."),)
     answer = InvocationResult(
@@ -395,7 +398,7 @@ async def test_queue_events_fill_the_trace(tmp_path, nursery):
     def on_event(job, event, data):
         store.update_async_state(job.request_id, event, data)
 
-    await nursery.start(
+    await tasks.start(
         lambda task_status: queue.run_dispatcher(invoke, on_event=on_event, task_status=task_status)
     )
     invocation = make_invocation()
@@ -405,9 +408,9 @@ async def test_queue_events_fill_the_trace(tmp_path, nursery):
     store.record(accepted)
     await queue.enqueue(invocation, "jobs")
     await wait_for(queue, invocation.request_id, lambda j: j.state == "succeeded")
-    with trio.fail_after(2):
+    with anyio.fail_after(2):
         while store.backlog or store.get(invocation.request_id).async_state != "succeeded":
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
     trace = store.get(invocation.request_id)
     names = [span.name for span in trace.spans]
     assert names == ["queue", "queue", "function", "queue", "runtime", "function"]
@@ -422,21 +425,21 @@ async def test_queue_events_fill_the_trace(tmp_path, nursery):
     assert [line.text for line in trace.logs] == ["Traceback ...", "done"]
 
 
-async def test_finished_jobs_are_pruned_after_keep_finished_s(tmp_path, nursery):
+async def test_finished_jobs_are_pruned_after_keep_finished_s(tmp_path, tasks):
     clock = FakeClock()
     queue = make_queue(tmp_path / "queue.db", clock=clock, keep_finished_s=3600.0)
 
     async def invoke(function, invocation):
         return ok()
 
-    await nursery.start(queue.run_dispatcher, invoke)
+    await tasks.start(queue.run_dispatcher, invoke)
     done, waiting = make_invocation(), make_invocation()
     await queue.enqueue(done, "jobs")
     await wait_for(queue, done.request_id, lambda j: j.state == "succeeded")
     clock.now += 3601
     await queue.enqueue(waiting, "jobs")  # newer: kept
     await wait_for(queue, waiting.request_id, lambda j: j.state == "succeeded")
-    assert await trio.to_thread.run_sync(queue.prune, clock.now) == 1
+    assert await anyio.to_thread.run_sync(queue.prune, clock.now) == 1
     assert queue.get(done.request_id) is None and queue.get(waiting.request_id) is not None
 
 

@@ -8,16 +8,17 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import pytest
-import trio
-from conftest import JS_RUNTIMES
+from conftest import BOTH_LOOPS, JS_RUNTIMES
 
 from fluxgw.project import FunctionSpec
 from fluxgw.runtime.api import FunctionFailed, Invocation
 from fluxgw.runtime.discovery import RuntimeFinder
 from fluxgw.runtime.pool import PoolManager
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), BOTH_LOOPS]
 
 ENTRY = {"node": "index.js", "deno": "index.ts"}
 RUNTIMES = JS_RUNTIMES
@@ -75,9 +76,9 @@ def call(spec: FunctionSpec, mode: str, body: bytes = b"", **extra: object) -> I
 
 
 @pytest.fixture
-async def pool(nursery: trio.Nursery) -> AsyncIterator[PoolManager]:
+async def pool(tasks: anyio.abc.TaskGroup) -> AsyncIterator[PoolManager]:
     manager = PoolManager()
-    await nursery.start(manager.run)
+    await tasks.start(manager.run)
     yield manager
     await manager.aclose()
 
@@ -161,7 +162,7 @@ async def test_broken_module_fails_to_start(
 
 
 async def test_missing_runtime_is_502_with_install_hint(
-    nursery: trio.Nursery, tmp_path: Path
+    tasks: anyio.abc.TaskGroup, tmp_path: Path
 ) -> None:
     finder = RuntimeFinder(env={"FLUX_DENO": "/nonexistent/deno", "PATH": ""}, fallback_dir=None)
     assert "npm install deno" in (finder.problem("deno") or "")
@@ -169,7 +170,7 @@ async def test_missing_runtime_is_502_with_install_hint(
     no_path = RuntimeFinder(env={"PATH": str(tmp_path)}, fallback_dir=None)
     assert no_path.find("deno") is None and no_path.find("node") is None
     pool = PoolManager(finder=finder)
-    await nursery.start(pool.run)
+    await tasks.start(pool.run)
     spec = make_function(tmp_path, "deno", HANDLER)
     with pytest.raises(FunctionFailed) as failed:
         await pool.invoke(spec, call(spec, "plain"))

@@ -9,16 +9,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import attrs
 import psutil
 import pytest
-import trio
+from conftest import BOTH_LOOPS
 
 from fluxgw.project import FunctionSpec
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult
 from fluxgw.runtime.pool import PoolManager
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), BOTH_LOOPS]
 
 
 def make_function(
@@ -65,22 +67,24 @@ def descendants() -> list[psutil.Process]:
 
 
 async def gone(pids: list[int], within: float = 3.0) -> bool:
-    with trio.move_on_after(within):
+    with anyio.move_on_after(within):
         while any(
             psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids
         ):
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
         return True
     return False
 
 
 @pytest.fixture
-async def make_pool(nursery: trio.Nursery) -> AsyncIterator[Callable[..., Awaitable[PoolManager]]]:
+async def make_pool(
+    tasks: anyio.abc.TaskGroup,
+) -> AsyncIterator[Callable[..., Awaitable[PoolManager]]]:
     pools: list[PoolManager] = []
 
     async def factory(**kwargs: object) -> PoolManager:
         pool = PoolManager(**kwargs)  # type: ignore[arg-type]
-        await nursery.start(pool.run)
+        await tasks.start(pool.run)
         pools.append(pool)
         return pool
 
@@ -326,9 +330,9 @@ async def test_concurrent_calls_use_distinct_workers(make_pool: Callable, tmp_pa
         results.append(await pool.invoke(spec, call(spec)))
 
     started = time.monotonic()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for _ in range(4):
-            nursery.start_soon(one)
+            tasks.start_soon(one)
     elapsed = time.monotonic() - started
     assert elapsed < 0.6, elapsed
     assert len({r.worker_pid for r in results}) == 4
@@ -350,9 +354,9 @@ async def test_a_call_that_finds_no_capacity_in_time_is_503_overloaded(
     async def first() -> None:
         outcomes.append(await pool.invoke(spec, call(spec)))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(first)
-        await trio.sleep(0.2)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(first)
+        await anyio.sleep(0.2)
         started = time.monotonic()
         with pytest.raises(FunctionFailed) as failed:
             await pool.invoke(spec, call(spec, deadline=time.time() + 0.5))
@@ -398,9 +402,9 @@ async def test_deploy_drains_old_generation(pool: PoolManager, tmp_path: Path) -
     async def in_flight() -> None:
         slow.append(await pool.invoke(spec, call(spec, query=(("slow", "1"),))))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(in_flight)
-        await trio.sleep(0.2)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(in_flight)
+        await anyio.sleep(0.2)
         (spec.directory / "main.py").write_text(textwrap.dedent(code.format(version=2)))
         pool.deploy([spec])  # same spec, new code in place: fresh workers
         new = await pool.invoke(spec, call(spec))
@@ -438,14 +442,14 @@ async def test_isolation_under_mixed_failures(make_pool: Callable, tmp_path: Pat
             statuses.append(exc.status)
 
     kinds = ["ok"] * 10 + ["crash"] * 5 + ["hang"] * 5
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for kind in kinds:
-            nursery.start_soon(one, kind)
+            tasks.start_soon(one, kind)
     assert sorted(statuses) == [200] * 10 + [502] * 5 + [504] * 5
     statuses.clear()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for _ in range(20):
-            nursery.start_soon(one, "ok")
+            tasks.start_soon(one, "ok")
     assert statuses == [200] * 20
 
 
@@ -458,9 +462,9 @@ async def test_idle_workers_are_reaped_with_the_injected_clock(
         tmp_path, "idle", "import time\ndef handler(r, c):\n    time.sleep(0.2)\n    return 1\n"
     )
     pool.deploy([spec])
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for _ in range(3):
-            nursery.start_soon(pool.invoke, spec, call(spec))
+            tasks.start_soon(pool.invoke, spec, call(spec))
     # A sync handler runs one call per worker: the pool grew past one worker for them.
     started = pool.stats()["idle"]["idle"]
     assert started >= 2 and pool.stats()["idle"]["busy"] == 0
@@ -481,16 +485,16 @@ async def test_prewarm_starts_workers_after_deploy(make_pool: Callable, tmp_path
     pool = await make_pool(min_workers=2)
     spec = make_function(tmp_path, "warm", "def handler(r, c):\n    return 1\n")
     pool.deploy([spec], prewarm=True)
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         while pool.stats()["warm"]["idle"] < 2:
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
     result = await pool.invoke(spec, call(spec))
     assert not result.cold_start
 
 
-async def test_aclose_leaves_no_process_behind(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_aclose_leaves_no_process_behind(tasks: anyio.abc.TaskGroup, tmp_path: Path) -> None:
     pool = PoolManager(max_workers=3, grace_period=0.5)
-    await nursery.start(pool.run)
+    await tasks.start(pool.run)
     spec = make_function(
         tmp_path,
         "spawner",
@@ -504,7 +508,7 @@ async def test_aclose_leaves_no_process_behind(nursery: trio.Nursery, tmp_path: 
         """,
         timeout=20,
     )
-    async with trio.open_nursery() as inner:
+    async with anyio.create_task_group() as inner:
         for _ in range(2):
             inner.start_soon(pool.invoke, spec, call(spec))
     hung: list[BaseException] = []
@@ -515,10 +519,10 @@ async def test_aclose_leaves_no_process_behind(nursery: trio.Nursery, tmp_path: 
         except FunctionFailed as exc:
             hung.append(exc)
 
-    nursery.start_soon(hang)
-    await trio.sleep(0.5)
+    tasks.start_soon(hang)
+    await anyio.sleep(0.5)
     assert len(descendants()) >= 5  # three workers + their sleeping children
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await pool.aclose()
     assert hung and hung[0].status == 502  # type: ignore[attr-defined]
     assert descendants() == []
@@ -531,10 +535,10 @@ async def test_aclose_leaves_no_process_behind(nursery: trio.Nursery, tmp_path: 
 async def test_cancelling_run_stops_every_worker(tmp_path: Path) -> None:
     spec = make_function(tmp_path, "bye", "def handler(r, c):\n    return 1\n")
     pool = PoolManager()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(pool.run)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(pool.run)
             await pool.invoke(spec, call(spec))
             assert descendants()
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
     assert descendants() == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_function
+from conftest import BOTH_LOOPS, write_function
 
 from fluxgw.testing import FakeClock, open_gateway
+
+pytestmark = BOTH_LOOPS
 
 HELLO = "def handler(request, ctx):\n    return {'hi': request['query'].get('name', 'x')}\n"
 
@@ -72,3 +74,19 @@ async def test_redeploy_after_editing(hello_project: Path) -> None:
         code.write_text("def handler(request, ctx):\n    return 'v2'\n")
         gw.redeploy()
         assert (await gw.client.get("/hello", headers=gw.auth(key))).json() == "v2"
+
+
+@pytest.fixture
+def flux_project_dir(hello_project: Path) -> Path:
+    return hello_project  # the plugin's fixture would look upward from pytest's rootdir
+
+
+async def test_the_plugin_fixture_runs_on_anyio(flux_gateway) -> None:
+    # The flux_gateway fixture of fluxgw's pytest plugin, run by anyio's pytest plugin on each
+    # loop (the docs test covers it under pytest-trio's trio_mode).
+    key = flux_gateway.create_key("ci")
+    response = await flux_gateway.client.get(
+        "/hello", params={"name": "bo"}, headers=flux_gateway.auth(key)
+    )
+    assert response.status_code == 200
+    assert response.json() == {"hi": "bo"}

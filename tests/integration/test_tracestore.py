@@ -7,8 +7,9 @@ import stat
 import threading
 import time
 
+import anyio
 import pytest
-import trio
+from conftest import BOTH_LOOPS
 
 from fluxgw.runtime.api import LogLine
 from fluxgw.tracestore import TraceStore
@@ -20,6 +21,8 @@ from fluxgw.tracing import (
     TraceRecord,
     new_request_id,
 )
+
+pytestmark = BOTH_LOOPS
 
 
 def make_trace(request_id: str | None = None, started_at: float | None = None, **kw) -> TraceRecord:
@@ -42,23 +45,23 @@ def make_trace(request_id: str | None = None, started_at: float | None = None, *
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not predicate():
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
-async def test_recorded_trace_is_readable_within_a_second(tmp_path, nursery):
+async def test_recorded_trace_is_readable_within_a_second(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db")
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     trace = make_trace()
     started = time.monotonic()
     store.record(trace)
     while True:
         try:
-            got = await trio.to_thread.run_sync(store.get, trace.request_id)
+            got = await anyio.to_thread.run_sync(store.get, trace.request_id)
             break
         except TraceNotFound:
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
     assert time.monotonic() - started < 1.0
     assert got == trace
     # the writer marks the batch done on the event loop just after the commit a reader sees
@@ -66,9 +69,9 @@ async def test_recorded_trace_is_readable_within_a_second(tmp_path, nursery):
     assert store.dropped == 0
 
 
-async def test_prefix_lookup(tmp_path, nursery):
+async def test_prefix_lookup(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db")
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     a = make_trace("abcdef0000000000000000000000000a", started_at=1000.0)
     b = make_trace("abcdef0000000000000000000000000b", started_at=1001.0)
     c = make_trace("123456ffffffffffffffffffffffffff", started_at=1002.0)
@@ -98,9 +101,9 @@ def test_reading_without_a_database_creates_nothing(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-async def test_last_is_newest_first(tmp_path, nursery):
+async def test_last_is_newest_first(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db")
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     traces = [make_trace(started_at=1000.0 + i, status=200 + i) for i in range(10)]
     for t in traces:
         store.record(t)
@@ -111,9 +114,9 @@ async def test_last_is_newest_first(tmp_path, nursery):
     assert len(store.last(100)) == 10
 
 
-async def test_async_updates_add_spans_and_state(tmp_path, nursery):
+async def test_async_updates_add_spans_and_state(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db")
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     trace = make_trace(status=202, async_state="queued")
     # The dispatcher's event may reach the writer before the gateway's record: order is free.
     store.update_async_state(trace.request_id, "running", spans=[Span("queue", 1.0, 2.0, {})])
@@ -135,25 +138,25 @@ async def test_async_updates_add_spans_and_state(tmp_path, nursery):
 async def test_retention_by_count_and_age(tmp_path):
     now = [10_000_000.0]
     store = TraceStore(tmp_path / "traces.db", max_traces=5, max_age_s=100.0, clock=lambda: now[0])
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
         for i in range(8):
             store.record(make_trace(started_at=now[0] - 50 + i))
         store.record(make_trace(started_at=now[0] - 500))  # too old
         await wait_until(lambda: store.backlog == 0)
-        await trio.to_thread.run_sync(store._apply_retention, now[0])
+        await anyio.to_thread.run_sync(store._apply_retention, now[0])
         kept = store.last(100)
         assert [t.started_at for t in kept] == [now[0] - 50 + i for i in (7, 6, 5, 4, 3)]
         # 56 s later only the two newest (T-43, T-44) are younger than max_age_s.
-        await trio.to_thread.run_sync(store._apply_retention, now[0] + 56)
+        await anyio.to_thread.run_sync(store._apply_retention, now[0] + 56)
         assert [t.started_at for t in store.last(100)] == [now[0] - 43, now[0] - 44]
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
 
 
-async def test_retention_runs_in_the_writer(tmp_path, nursery, monkeypatch):
+async def test_retention_runs_in_the_writer(tmp_path, tasks, monkeypatch):
     monkeypatch.setattr("fluxgw.tracestore.RETENTION_EVERY", 2)
     store = TraceStore(tmp_path / "traces.db", max_traces=3, flush_interval=0.01)
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     now = time.time()
     traces = [make_trace(started_at=now + i / 1000) for i in range(10)]
     for trace in traces:
@@ -164,29 +167,29 @@ async def test_retention_runs_in_the_writer(tmp_path, nursery, monkeypatch):
 
 async def test_cancellation_flushes_what_is_pending(tmp_path):
     store = TraceStore(tmp_path / "traces.db", flush_interval=60.0)  # never on its own
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
         traces = [make_trace() for _ in range(1200)]
         for t in traces:
             store.record(t)
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
     assert store.backlog == 0
     assert len(store.last(5000)) == 1200
     assert store.get(traces[-1].request_id) == traces[-1]
 
 
-async def test_database_is_private(tmp_path, nursery):
+async def test_database_is_private(tmp_path, tasks):
     store = TraceStore(tmp_path / "state" / "traces.db")
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     store.record(make_trace())
     await wait_until(lambda: store.backlog == 0)
     for path in (tmp_path / "state").iterdir():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
 
 
-async def test_reader_runs_while_the_gateway_writes(tmp_path, nursery):
+async def test_reader_runs_while_the_gateway_writes(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db", flush_interval=0.005, batch_size=50)
-    await nursery.start(store.run)
+    await tasks.start(store.run)
     first = make_trace()
     store.record(first)
     await wait_until(lambda: store.backlog == 0)
@@ -208,13 +211,13 @@ async def test_reader_runs_while_the_gateway_writes(tmp_path, nursery):
         for _ in range(40):
             for _ in range(50):
                 store.record(make_trace())
-            await trio.sleep(0.005)
+            await anyio.sleep(0.005)
         await wait_until(lambda: store.backlog == 0)
         stop.set()
 
-    async with trio.open_nursery() as inner:
+    async with anyio.create_task_group() as inner:
         inner.start_soon(writer)
-        reads = await trio.to_thread.run_sync(reader)
+        reads = await anyio.to_thread.run_sync(reader)
     assert not errors and reads > 0
     assert len(store.last(10_000)) == 2001
 
@@ -225,19 +228,19 @@ async def test_bounded_buffer_drops_oldest(tmp_path):
     for t in traces:
         store.record(t)
     assert store.backlog == 10 and store.dropped == 5
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        nursery.cancel_scope.cancel()
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
+        tasks.cancel_scope.cancel()
     assert {t.request_id for t in store.last(100)} == {t.request_id for t in traces[5:]}
 
 
 async def test_disabled_store_records_nothing(tmp_path):
     store = TraceStore(tmp_path / "traces.db", enabled=False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
         store.record(make_trace())
         store.update_async_state("x" * 32, "running")
         assert store.backlog == 0
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
     assert store.last(10) == []
     assert not (tmp_path / "traces.db").exists()
