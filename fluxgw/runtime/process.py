@@ -106,6 +106,10 @@ class PipeStream:
         self.fd = fd
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def receive_some(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` at end of stream."""
         await anyio.lowlevel.checkpoint_if_cancelled()
@@ -211,6 +215,7 @@ class Worker:
         self._own_window = time.monotonic()
         self._splitter = LineSplitter(self._raw_target, self._log_own)
         self._output_done = anyio.Event()
+        self._output: PipeStream | None = None  # fd 1/2 of the worker (set by spawn)
 
     @classmethod
     async def spawn(
@@ -221,12 +226,13 @@ class Worker:
         request_read, request_write = os.pipe()
         env = worker_env(spec, write_fd)
         env["FLUX_REQUEST_FD"] = str(request_read)
+        output_read, output_write = os.pipe()
         try:
             process = await anyio.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stdout=output_write,
+                stderr=output_write,
                 pass_fds=(write_fd, request_read),
                 start_new_session=True,  # its own process group: killpg reaches grandchildren
                 cwd=str(spec.directory),
@@ -235,11 +241,13 @@ class Worker:
         except BaseException:
             os.close(read_fd)
             os.close(request_write)
+            os.close(output_read)
             raise
         finally:
             # The child holds them now; our copies would hide its EOF / keep its input open.
             os.close(write_fd)
             os.close(request_read)
+            os.close(output_write)
         if memory_limit is not None:
             # A hard backstop under the RSS watchdog: a cap on private writable memory
             # (python gets MemoryError, V8 aborts), so even an allocation faster than the
@@ -248,7 +256,9 @@ class Worker:
                 # +1 GiB: deno reserves ~700 MiB of writable address space at start.
                 backstop = 2 * memory_limit + 1024 * 1024 * 1024
                 resource.prlimit(process.pid, resource.RLIMIT_DATA, (backstop, backstop))
-        return cls(spec, process, PipeStream(read_fd), PipeStream(request_write), memory_limit)
+        worker = cls(spec, process, PipeStream(read_fd), PipeStream(request_write), memory_limit)
+        worker._output = PipeStream(output_read)
+        return worker
 
     @property
     def alive(self) -> bool:
@@ -375,8 +385,11 @@ class Worker:
             return
         if isinstance(event, protocol.HandlerError) and event.code == "memory_limit_exceeded":
             self.memory_exceeded = True
+        final = self.protocol.invocation_state(call.id) is protocol.InvState.DONE
+        if final and len(self.calls) == 1:
+            self._drain_now()
         call.deliver(event)
-        if self.protocol.invocation_state(call.id) is protocol.InvState.DONE:
+        if final:
             del self.calls[call.id]
             call.done.set()
 
@@ -450,7 +463,7 @@ class Worker:
                 await self.process.wait()
                 self.returncode = self.process.returncode
                 self._lose_all(WorkerGone("worker_lost", "its worker was stopped"))
-                for stream in (self._answers, self._requests, self.process.stdout):
+                for stream in (self._answers, self._requests, self._output):
                     if stream is not None:
                         await stream.aclose()
                 self.exited.set()
@@ -483,20 +496,40 @@ class Worker:
 
     async def _drain_output(self) -> None:
         """Read the fd 1/2 pipe, bounded: lines go to the only call running, if any."""
-        stream = self.process.stdout
+        stream = self._output
         assert stream is not None
         try:
             while True:
                 try:
-                    data = await stream.receive(READ_SIZE)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    data = await stream.receive_some(READ_SIZE)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break
-                if any(marker in data for marker in V8_OOM_MARKERS):
-                    self.memory_exceeded = True  # V8 hit its heap cap (--max-old-space-size)
-                self._splitter.feed(data)
+                if not data:
+                    break
+                self._feed_output(data)
         finally:
             self._splitter.close()
             self._output_done.set()
+
+    def _feed_output(self, data: bytes) -> None:
+        if any(marker in data for marker in V8_OOM_MARKERS):
+            self.memory_exceeded = True  # V8 hit its heap cap (--max-old-space-size)
+        self._splitter.feed(data)
+
+    def _drain_now(self) -> None:
+        """Read what fd 1/2 already holds, without waiting: output written before the answer
+        (a child's, a raw write) then lands in the call that is finishing, not after it."""
+        stream = self._output
+        if stream is None or stream.closed:
+            return
+        for _ in range(16):  # bounded: a flood keeps going through the background drain
+            try:
+                data = os.read(stream.fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._feed_output(data)
 
     def startup_logs(self) -> tuple[LogLine, ...]:
         return self._startup_logs.lines()
