@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import anyio
-from conftest import JS_RUNTIMES, flux, serve, write_function
+from conftest import JS_RUNTIMES, SERVER_LOOPS, flux, serve, write_function
 
 from fluxgw.state import StateDir
 from fluxgw.tracestore import TraceStore
@@ -100,12 +100,15 @@ def function_span(trace: TraceRecord) -> dict:
     return next(span for span in trace.spans if span.name == "function").attributes
 
 
+@SERVER_LOOPS
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
-async def test_chunks_reach_the_client_as_they_are_produced(project: Path, runtime: str) -> None:
+async def test_chunks_reach_the_client_as_they_are_produced(
+    project: Path, runtime: str, loop: str
+) -> None:
     write_function(project, "five", FIVE_CHUNKS[runtime], runtime=runtime, method="GET")
     key = deploy(project)
     headers = {"authorization": f"Bearer {key}", "origin": "http://app.test"}
-    with serve(project) as gw:
+    with serve(project, loop=loop) as gw:
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
             await client.get("/five", headers=headers)  # warm: measure streaming, not spawning
             lags: list[float] = []
@@ -132,14 +135,15 @@ async def test_chunks_reach_the_client_as_they_are_produced(project: Path, runti
     assert span["chunks"] >= 5 and span["bytes"] > 0 and span["first_byte_ms"] > 0
 
 
+@SERVER_LOOPS
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_a_client_that_leaves_stops_the_function_within_a_second(
-    project: Path, runtime: str
+    project: Path, runtime: str, loop: str
 ) -> None:
     write_function(project, "endless", ENDLESS[runtime], runtime=runtime, method="GET")
     key = deploy(project)
     auth = {"authorization": f"Bearer {key}"}
-    with serve(project) as gw:
+    with serve(project, loop=loop) as gw:
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
             async with client.stream("GET", "/endless", headers=auth) as response:
                 request_id = response.headers["x-request-id"]
@@ -158,14 +162,18 @@ async def test_a_client_that_leaves_stops_the_function_within_a_second(
     assert 'flux_invocations_in_flight{function="endless"} 0' in metrics.text
 
 
+@SERVER_LOOPS
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_a_stream_past_its_timeout_is_cut_and_the_trace_says_timeout(
-    project: Path, runtime: str
+    project: Path, runtime: str, loop: str
 ) -> None:
     write_function(project, "late", ENDLESS[runtime], runtime=runtime, method="GET", timeout=1)
     key = deploy(project)
-    with serve(project) as gw:
+    auth = {"authorization": f"Bearer {key}"}
+    with serve(project, loop=loop) as gw:
         async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            async with client.stream("GET", "/late", headers=auth) as warm:
+                await warm.aiter_raw().__anext__()  # a warm worker: the timeout is all stream
             received = b""
             with pytest.raises(httpx.RemoteProtocolError):  # an incomplete chunked body
                 async with client.stream(

@@ -253,6 +253,7 @@ class Invocation {
     this.output = new Output(id);
     this.controller = new AbortController();
     this.cancelled = false;
+    this.finished = false;
     this.started = false;
     this.unacked = 0;
     this.creditWaiter = null;
@@ -288,14 +289,19 @@ class Invocation {
     if (waiter) waiter();
   }
 
+  // Exactly one final frame per invocation: response, end, error or cancelled.
   finish(header, body) {
+    if (this.finished) return;
+    this.finished = true;
     this.output.flushDropped();
     invocations.delete(this.id);
-    this.send(header, body);
+    send(header, body);
   }
 
   async cancel(reason) {
-    if (this.cancelled) return;
+    if (this.cancelled || this.finished) return;
+    this.cancelled = true; // from now on run() and respond() send nothing
+    this.creditWaiter?.();
     this.controller.abort(new Error(`cancelled by the gateway (${reason})`));
     const reader = this.reader;
     if (reader) {
@@ -303,11 +309,7 @@ class Invocation {
       await storage.run(this.output, () =>
         Promise.race([reader.cancel(reason).catch(() => {}), new Promise((r) => setTimeout(r, 200))]));
     }
-    this.output.flushDropped();
-    this.cancelled = true;
-    this.creditWaiter?.();
-    invocations.delete(this.id);
-    send({ type: "cancelled", id: this.id });
+    this.finish({ type: "cancelled", id: this.id });
   }
 
   async run(header, body) {
@@ -328,6 +330,7 @@ class Invocation {
       }
       const text = JSON.stringify(value === undefined ? null : value);
       if (text === undefined) throw new TypeError(`handler returned a value that is not JSON: ${format(value)}`);
+      if (this.cancelled) return;
       this.finish({ type: "response", id: this.id, status: 200, headers: [["content-type", "application/json"]] }, encoder.encode(text));
     } catch (error) {
       if (this.cancelled) return;
