@@ -256,11 +256,8 @@ class PoolManager:
         pool.draining = True
         for worker in pool.idle_workers:
             worker.request_stop()
-        for waiter in pool.waiters:  # waiting calls move on to... nothing: refuse them cleanly
-            waiter.failure = overloaded(pool.spec, "redeployed while waiting")
-            waiter.event.set()
-        pool.waiters.clear()
-        if pool.size:
+            pool.workers.remove(worker)
+        if pool.size or pool.in_flight or pool.waiters:
             self._draining.append(pool)
 
     def _pool_for(self, spec: FunctionSpec) -> FunctionPool:
@@ -406,13 +403,17 @@ class PoolManager:
 
     def _release(self, pool: FunctionPool, worker: Worker) -> None:
         worker.load -= 1
+        if not worker.usable and worker in pool.workers:
+            pool.workers.remove(worker)
+        # Calls waiting go first, even in a draining pool: they were admitted before the
+        # redeploy and are served by its workers (answering with the old version).
+        self._dispatch(pool)
         if worker.load == 0:
             worker.last_used = self._clock()
             if pool.draining or self._closed:
                 worker.request_stop()
-        if not worker.usable and worker in pool.workers:
-            pool.workers.remove(worker)
-        self._dispatch(pool)
+                if worker in pool.workers:
+                    pool.workers.remove(worker)
         self._notify()
 
     # -- invoke -----------------------------------------------------------------------------
@@ -611,7 +612,7 @@ class PoolManager:
                 if now - worker.last_used >= self._idle_timeout:
                     pool.workers.remove(worker)
                     worker.request_stop()
-        self._draining = [pool for pool in self._draining if pool.size or pool.in_flight]
+        self._draining = [p for p in self._draining if p.size or p.in_flight or p.waiters]
 
     def _start_prewarm(self) -> None:
         pools, self._prewarm = self._prewarm, []

@@ -445,6 +445,7 @@ class Worker:
                 group.start_soon(self._stop_when_requested)
                 if self.memory_limit is not None:
                     group.start_soon(self._watch_memory)
+                group.start_soon(self._reap)
                 await self._read_answers()
                 await self.process.wait()
                 self.returncode = self.process.returncode
@@ -467,6 +468,13 @@ class Worker:
                     if stream is not None:
                         await stream.aclose()
                 self.exited.set()
+
+    async def _reap(self) -> None:
+        """When the worker itself exits, kill what is left of its group: a child still holding
+        its answer pipe would otherwise hide the exit from the reader (and its calls)."""
+        await self.process.wait()
+        self.returncode = self.process.returncode
+        self._signal_group(signal.SIGKILL)
 
     async def _stop_when_requested(self) -> None:
         await self.stop_requested.wait()
