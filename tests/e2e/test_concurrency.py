@@ -8,9 +8,9 @@ import contextlib
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
-import anyio
 from conftest import JS_RUNTIMES, flux, serve, write_function
 
 from fluxgw.state import StateDir

@@ -8,10 +8,10 @@ import statistics
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import psutil
 import pytest
-import anyio
 from conftest import JS_RUNTIMES, flux, serve, write_function
 
 from fluxgw.state import StateDir
