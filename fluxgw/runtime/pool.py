@@ -445,9 +445,12 @@ class PoolManager:
         call: Call | None = None
         reason = "done"
         try:
-            call = await worker.start_call(
-                _request_header(spec, invocation, deadline), invocation.body
-            )
+            try:
+                request = _request_header(spec, invocation, deadline)
+                call = await worker.start_call(request, invocation.body)
+            except protocol.ProtocolError:  # it died between getting the slot and now
+                message = f"function {spec.name}: its worker exited before the call started"
+                raise FunctionFailed(502, "worker_lost", message, (), worker.pid) from None
             run_at = anyio.current_time()
             answer: Answer | None = None
             with anyio.move_on_at(end_at):
