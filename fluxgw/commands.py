@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import print_json, print_table, relative_time
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
 from .keyfile import create_key, load_records, load_usage, revoke_key
+from .printing import print_json, print_table, relative_time
 from .ratelimit import PLANS
 from .settings import load_settings, update_settings
 from .state import StateDir

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import Any
 
-from .httpio import HOP_BY_HOP, Headers
+from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
 from .runtime.api import Invocation
 from .tracing import new_traceparent
@@ -27,7 +26,7 @@ def build_invocation(
     method: str,
     path: str,
     headers: dict[str, str],
-    scope: dict[str, Any],
+    scope: Scope,
     spec: FunctionSpec,
     body: bytes,
 ) -> Invocation:

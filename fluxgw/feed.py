@@ -217,8 +217,10 @@ def _offer(subscriber: _Subscriber, event: RequestEvent | JobEvent) -> None:
 
 
 class _SpanLike(Protocol):
-    name: str
-    attributes: dict[str, Any]
+    @property
+    def name(self) -> str: ...
+    @property
+    def attributes(self) -> dict[str, Any]: ...
 
 
 def worker_start(spans: Iterable[_SpanLike]) -> str | None:

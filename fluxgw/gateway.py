@@ -28,6 +28,7 @@ from .httpio import (
     MAX_BODY,
     Headers,
     Receive,
+    Scope,
     Send,
     decode_headers,
     error_body,
@@ -135,7 +136,7 @@ class Gateway:
         assert self._live is not None
         return self._live
 
-    def _install(self, live: LiveState) -> None:
+    def install(self, live: LiveState) -> None:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
         Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
@@ -155,7 +156,7 @@ class Gateway:
         try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
-                self._install(self._live)
+                self.install(self._live)
                 await tasks.start(self.traces.run)
                 await tasks.start(self._reload_loop)
                 await tasks.start(self._save_loop)
@@ -190,7 +191,7 @@ class Gateway:
 
     async def reload_now(self) -> None:
         """Pick up .flux/ changes at once (used by `flux dev` and the test harness)."""
-        self._install(await anyio.to_thread.run_sync(self.loader.load))
+        self.install(await anyio.to_thread.run_sync(self.loader.load))
 
     async def _save_loop(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -219,7 +220,7 @@ class Gateway:
             log.error("could not save gateway state: %s", exc)
 
     # -- ASGI --------------------------------------------------------------------------------
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self.handle(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -236,7 +237,7 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(
             request_id=new_request_id(),
             method=scope["method"],
@@ -272,7 +273,7 @@ class Gateway:
         self._record(ex, status)
 
     async def _pipeline(
-        self, ex: Exchange, scope: dict[str, Any], receive: Receive
+        self, ex: Exchange, scope: Scope, receive: Receive
     ) -> tuple[int, Headers, bytes]:
         live = ex.live
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):

@@ -119,7 +119,11 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         detail = getattr(exc, "msg", str(exc))
-        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        where = (
+            f" at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
         raise ConfigError(shown, None, f"invalid JSON{where}: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(shown, None, "must hold a JSON object")

@@ -104,7 +104,7 @@ class FluxTestGateway:
 
     def _reload(self) -> None:
         # Files are tiny; reading them inline keeps the helpers synchronous and immediate.
-        self.gateway._install(self.gateway.loader.load())
+        self.gateway.install(self.gateway.loader.load())
 
 
 @asynccontextmanager

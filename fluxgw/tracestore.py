@@ -266,7 +266,7 @@ class TraceStore:
                 self._flushes += 1
                 if self._flushes % RETENTION_EVERY == 0:
                     try:
-                        await anyio.to_thread.run_sync(self._apply_retention, self._clock())
+                        await anyio.to_thread.run_sync(self.apply_retention, self._clock())
                     except sqlite3.Error as exc:  # e.g. a reader holds a lock: next round
                         log.warning("trace retention skipped: %s", exc)
         finally:
@@ -274,7 +274,8 @@ class TraceStore:
                 scope.shield = True
                 await self.flush()
                 conn, self._conn = self._conn, None
-                await anyio.to_thread.run_sync(conn.close)
+                if conn is not None:
+                    await anyio.to_thread.run_sync(conn.close)
 
     async def flush(self) -> None:
         """Write what is pending now, ``batch_size`` items per transaction (in a thread).
@@ -313,7 +314,7 @@ class TraceStore:
             conn.execute(_INSERT_TRACES, (traces,))
             conn.execute(_INSERT_EVENTS, (events,))
 
-    def _apply_retention(self, now: float) -> None:
+    def apply_retention(self, now: float) -> None:
         """Delete traces past ``max_age_s`` and beyond the newest ``max_traces``."""
         conn = self._conn
         if conn is None:

@@ -144,11 +144,11 @@ async def test_retention_by_count_and_age(tmp_path):
             store.record(make_trace(started_at=now[0] - 50 + i))
         store.record(make_trace(started_at=now[0] - 500))  # too old
         await wait_until(lambda: store.backlog == 0)
-        await anyio.to_thread.run_sync(store._apply_retention, now[0])
+        await anyio.to_thread.run_sync(store.apply_retention, now[0])
         kept = store.last(100)
         assert [t.started_at for t in kept] == [now[0] - 50 + i for i in (7, 6, 5, 4, 3)]
         # 56 s later only the two newest (T-43, T-44) are younger than max_age_s.
-        await anyio.to_thread.run_sync(store._apply_retention, now[0] + 56)
+        await anyio.to_thread.run_sync(store.apply_retention, now[0] + 56)
         assert [t.started_at for t in store.last(100)] == [now[0] - 43, now[0] - 44]
         tasks.cancel_scope.cancel()
 

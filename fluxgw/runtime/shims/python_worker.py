@@ -33,7 +33,10 @@ import struct
 import sys
 import time
 import types
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # annotations only: collections is not worth importing at cold start
+    from collections.abc import Callable
 
 PREFIX = struct.Struct(">II")
 MAX_BODY = 6 * 1024 * 1024
@@ -45,6 +48,8 @@ MAX_BYTES = 1024 * 1024  # bytes of text kept per invocation
 CO_COROUTINE = 0x80
 CO_ASYNC_GENERATOR = 0x200
 
+_encode_frame_header: Callable[[dict[str, Any]], bytes]
+_decode_frame_header: Callable[[bytes], Any]
 try:  # frames only; a function's own return value keeps json's semantics (see _json)
     import orjson
 
@@ -52,9 +57,10 @@ try:  # frames only; a function's own return value keeps json's semantics (see _
     _decode_frame_header = orjson.loads
 except ImportError:  # fluxgw depends on orjson, but the shim must not
 
-    def _encode_frame_header(header: dict[str, Any]) -> bytes:
+    def _json_frame_header(header: dict[str, Any]) -> bytes:
         return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
 
+    _encode_frame_header = _json_frame_header
     _decode_frame_header = json.loads
 
 _write_lock = _thread.allocate_lock()  # user threads may print while we answer
@@ -752,8 +758,8 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     stdout, stderr = CaptureStream("stdout", 1), CaptureStream("stderr", 2)
-    sys.stdout = sys.__stdout__ = stdout  # type: ignore[misc]
-    sys.stderr = sys.__stderr__ = stderr  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = stdout  # type: ignore[misc, assignment]
+    sys.stderr = sys.__stderr__ = stderr  # type: ignore[misc, assignment]
     entry = os.path.abspath(sys.argv[1])
     try:
         handler = load(entry)
