@@ -12,8 +12,6 @@ it left) stops the stream at once: leaving :meth:`PoolManager.open` cancels the 
 
 from __future__ import annotations
 
-import contextlib
-
 import anyio
 
 from .httpio import Headers, Receive, Send
@@ -44,10 +42,13 @@ async def send_stream(
         complete = False
         with anyio.move_on_at(stream.end_at):
             try:
-                async with contextlib.aclosing(stream.chunks()) as chunks:
+                chunks = stream.chunks()
+                try:
                     async for chunk in chunks:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         await stream.delivered(len(chunk))
+                finally:
+                    await chunks.aclose()  # its clean-up now, in this task
                 complete = True
             except FunctionFailed:
                 pass  # the stream recorded its outcome: error, timeout, worker lost

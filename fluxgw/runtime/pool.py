@@ -28,7 +28,7 @@ import os
 import signal
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -136,7 +136,7 @@ class Stream:
         self.chunks_sent = 0
         self.first_byte_ms: float | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Yield the body's chunks; ends normally on ``end``; raises FunctionFailed (with
         ``outcome`` set) when the function errs, the worker is lost or the deadline passes."""
         if self._first:

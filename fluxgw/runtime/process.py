@@ -367,7 +367,7 @@ class Worker:
                     self.ready.set()
                 elif isinstance(event, protocol.Closed):
                     return
-                else:
+                elif not isinstance(event, protocol._NeedData):
                     self._route_answer(event)
         finally:
             if self.memory_exceeded:

@@ -334,10 +334,10 @@ class WorkerProtocol:
         if kind == "log":
             return self._log(header)
         if self.state is WorkerState.STARTING:
-            target = WORKER_TRANSITIONS.get((self.state, kind))
-            if target is None:
+            next_state = WORKER_TRANSITIONS.get((self.state, kind))
+            if next_state is None:
                 raise ProtocolError(f"unexpected {kind!r} frame while starting")
-            self.state = target
+            self.state = next_state
             if kind == "ready":
                 concurrency = header.get("concurrency")
                 if concurrency is not None and (

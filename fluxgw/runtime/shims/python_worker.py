@@ -630,6 +630,8 @@ class AsyncServer:
         import asyncio
 
         kind, invocation_id = header.get("type"), header.get("id")
+        if not isinstance(invocation_id, int):
+            return  # every frame the gateway sends names its invocation
         if kind == "invoke":
             output = Output(invocation_id)
             context = contextvars.copy_context()
