@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import FluxError
+from .runtime.options import DEFAULT_POOL
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -105,23 +106,23 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-workers",
         type=count,
-        default=None,
+        default=DEFAULT_POOL.max_workers,
         metavar="N",
-        help="most workers of one function (default: one per CPU, at least 2)",
+        help="most workers of one function (default: one per CPU, at least 2, here %(default)s)",
     )
     group.add_argument(
         "--min-workers",
         type=count,
-        default=0,
+        default=DEFAULT_POOL.min_workers,
         metavar="N",
-        help="workers kept warm when idle (default 0)",
+        help="workers kept warm when idle (default %(default)s)",
     )
     group.add_argument(
         "--idle-timeout",
         type=float,
-        default=300.0,
+        default=DEFAULT_POOL.idle_timeout,
         metavar="S",
-        help="stop a worker idle this many seconds (default 300)",
+        help="stop a worker idle this many seconds (default %(default)g)",
     )
     group.add_argument(
         "--prewarm",

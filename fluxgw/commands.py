@@ -6,7 +6,6 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
@@ -14,6 +13,7 @@ from .errors import FluxError
 from .keyfile import create_key, load_records, load_usage, revoke_key
 from .printing import print_json, print_table, relative_time
 from .ratelimit import PLANS
+from .runtime.options import InvalidPoolOptions, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
 
@@ -98,7 +98,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         tracing=not args.no_tracing,
         loop=args.loop,
-        **pool_options(args),
+        pool=pool_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
         print(
@@ -109,21 +109,17 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
     return run_server(config)
 
 
-def pool_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ServerConfig fields from `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
-    from .runtime.pool import default_max_workers
-
-    max_workers = default_max_workers() if args.max_workers is None else args.max_workers
-    if max_workers < 1 or args.min_workers > max_workers:
-        raise FluxError("need --max-workers >= 1 and --min-workers <= --max-workers")
-    if args.idle_timeout <= 0:
-        raise FluxError("--idle-timeout must be > 0 seconds")
-    return {
-        "max_workers": max_workers,
-        "min_workers": args.min_workers,
-        "idle_timeout": args.idle_timeout,
-        "prewarm": args.prewarm,
-    }
+def pool_options(args: argparse.Namespace) -> PoolOptions:
+    """From `--max-workers`, `--min-workers`, `--idle-timeout`, `--prewarm`."""
+    try:
+        return PoolOptions(
+            max_workers=args.max_workers,
+            min_workers=args.min_workers,
+            idle_timeout=args.idle_timeout,
+            prewarm=args.prewarm,
+        )
+    except InvalidPoolOptions as exc:
+        raise FluxError(str(exc)) from None
 
 
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
@@ -136,7 +132,7 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         port=args.port,
         dev=True,
         loop=args.loop,
-        **pool_options(args),
+        pool=pool_options(args),
     )
     return run_server(config)
 

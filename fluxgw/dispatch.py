@@ -3,7 +3,6 @@ and which of a function's response headers may reach the client."""
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 
 from .httpio import HOP_BY_HOP, Headers, Scope
@@ -29,9 +28,11 @@ def build_invocation(
     scope: Scope,
     spec: FunctionSpec,
     body: bytes,
+    now: float,
 ) -> Invocation:
     """The invocation for ``spec``: full URL, filtered headers, a fresh W3C traceparent that
-    continues the caller's trace (if it sent one), and the function's deadline."""
+    continues the caller's trace (if it sent one), and the function's deadline: ``now`` (epoch
+    seconds, the gateway's clock) plus its timeout."""
     traceparent, trace_id = new_traceparent(headers.get("traceparent"))
     query = scope.get("query_string", b"").decode("latin-1")
     host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("localhost", 80)))
@@ -49,7 +50,7 @@ def build_invocation(
         query_string=query,
         headers=tuple(forwarded),
         body=body,
-        deadline=time.time() + spec.timeout,
+        deadline=now + spec.timeout,
         traceparent=traceparent,
         trace_id=trace_id,
     )

@@ -22,13 +22,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .runtime.api import FunctionFailed, InvocationResult, LogLine
+from .runtime.api import FunctionFailed, LogLine
+
+if TYPE_CHECKING:
+    from .jobs import QueueEvent
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -273,33 +276,28 @@ def request_event(
     )
 
 
-def job_event(request_id: str, event: str, details: Mapping[str, Any]) -> JobEvent:
-    """The event for one dispatcher event (``on_event(job, event, details)`` of
-    :meth:`fluxgw.queue.JobQueue.run_dispatcher`)."""
-    result = details.get("result")
-    failure = details.get("exception")
+def job_event(event: QueueEvent) -> JobEvent:
+    """The live event for one dispatcher event (:meth:`fluxgw.queue.JobQueue.run_dispatcher`)."""
     logs: tuple[LogLine, ...] = ()
     start = None
-    status = details.get("status")
-    if isinstance(result, InvocationResult):
+    status = event.status
+    if event.result is not None:
+        result = event.result
         logs, start, status = result.logs, ("cold" if result.cold_start else "warm"), result.status
-    elif isinstance(failure, FunctionFailed):
-        logs = failure.logs
-    delay = details.get("delay_s")
-    duration = details.get("duration_ms")
+    elif isinstance(event.failure, FunctionFailed):
+        logs = event.failure.logs
+    delay = event.retry_in_s
     return JobEvent(
-        at=float(details.get("at", 0.0)),
-        request_id=request_id,
-        function=str(details.get("function", "")),
-        event=event,
-        attempt=int(details.get("attempt", 0)),
-        max_attempts=int(details.get("max_attempts", 0)),
-        status=status if isinstance(status, int) else None,
-        duration_ms=float(duration) if isinstance(duration, (int, float)) else None,
+        at=event.at,
+        request_id=event.job.request_id,
+        function=event.function,
+        event=event.kind,
+        attempt=event.attempt,
+        max_attempts=event.max_attempts,
+        status=status,
+        duration_ms=event.duration_ms if event.kind != "running" else None,
         start=start,
-        error=details.get("error") or None,
-        retry_in_s=float(delay)
-        if isinstance(delay, int | float) and math.isfinite(delay)
-        else None,
+        error=event.error or None,
+        retry_in_s=delay if delay is not None and math.isfinite(delay) else None,
         logs=logs,
     )

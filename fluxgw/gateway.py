@@ -1,31 +1,36 @@
-"""The ASGI app: SPEC §1's pipeline, step by step, in one place.
+"""The ASGI app: the request pipeline, one named step per stage, and the background work.
 
-Each step asks a pure module for a decision (keys, ratelimit, routing, cors) and either answers
-the request or passes it on, like Envoy's filter chain. CORS headers and ``x-request-id`` are
-added in :meth:`Gateway._finish`, which every answer goes through, errors and preflights
-included. Background work (live reload, workers, trace writer, queue, state saving) runs in
+:meth:`Gateway.handle` reads top-down like the contract in docs/reference.md: answer a CORS
+preflight or the health check, then authenticate, admit (rate limit), route, read the body and
+dispatch. Each step is a small method that either passes on what the next one needs or refuses
+the request by raising :class:`HttpError`; each asks a pure module for its decision (keys,
+ratelimit, routing, cors). CORS headers, rate-limit fields and ``x-request-id`` are added in
+:meth:`Gateway._finish`, which every answer goes through, errors and preflights included.
+Background work (live reload, workers, trace writer, queue, state saving) runs in
 :meth:`Gateway.run`, which the server (or the test harness) starts in its own task group.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import anyio.abc
 import attrs
 import orjson
 
-from . import cors, keys
+from . import cors, endpoints
 from .dispatch import build_invocation, function_headers
+from .endpoints import Endpoints
 from .errors import HttpError, StateError
+from .exchange import Exchange
 from .feed import RequestFeed, job_event, request_event
 from .httpio import (
+    JSON,
     MAX_BODY,
+    Answer,
     Headers,
     Receive,
     Scope,
@@ -35,66 +40,35 @@ from .httpio import (
     read_body,
     send_response,
 )
-from .jobs import job_to_json
+from .jobs import QueueEvent
+from .keys import KeyRecord
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
-from .queue import JobQueue, UnknownFunction
+from .project import FunctionSpec
+from .queue import JobQueue, QueueUnavailable, UnknownFunction
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
-from .runtime.pool import PoolManager, Stream
+from .runtime.options import PoolOptions
+from .runtime.pool import PoolManager
 from .state import StateDir
 from .streaming import send_stream
 from .tracestore import TraceStore
-from .tracing import (
-    Span,
-    TraceRecord,
-    invocation_spans,
-    new_request_id,
-    parse_traceparent,
-)
+from .tracing import new_request_id, request_trace
 
 log = logging.getLogger("fluxgw.gateway")
 
 RELOAD_INTERVAL = 0.2  # s between stat checks of .flux/: a change is live within 1 s
 SAVE_INTERVAL = 2.0  # s between saves of limiter state and key last-used times
-JSON = ("content-type", "application/json")
-INTERNAL_PREFIX = "/_flux/"
 
 
 @attrs.define
 class GatewayOptions:
-    clock: Callable[[], float] = time.time  # wall clock: limiter state survives restarts
-    max_workers: int | None = None  # per function; None: one per CPU (docs/runtimes.md)
-    min_workers: int = 0  # per function, kept warm by the idle reaper
-    idle_timeout: float = 300.0
-    prewarm: bool = False
+    # The wall clock of the request path (epoch seconds: limiter state survives restarts);
+    # the test harness passes a fake one.
+    clock: Callable[[], float] = time.time
+    pool: PoolOptions = attrs.Factory(PoolOptions)
     tracing: bool = True
     max_body: int = MAX_BODY
-
-
-@attrs.define
-class Exchange:
-    """What one request accumulates on its way through the pipeline (for the answer and
-    its trace)."""
-
-    request_id: str
-    method: str
-    path: str
-    headers: dict[str, str]
-    started: float
-    started_perf: float
-    live: LiveState
-    key_name: str | None = None
-    rate_headers: Headers = attrs.Factory(list)
-    span: dict[str, Any] = attrs.Factory(dict)  # attributes of the gateway span
-    function: str | None = None
-    extra_spans: list[Span] = attrs.Factory(list)
-    logs: tuple = ()
-    trace_id: str = ""
-    message: str | None = None  # an error answer's human text (for the request log)
-    resources: contextlib.AsyncExitStack = attrs.Factory(contextlib.AsyncExitStack)
-    stream: Stream | None = None  # a streamed answer, sent after the pipeline returned
-    result: InvocationResult | None = None
 
 
 class Gateway:
@@ -106,15 +80,12 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
-        self.pool = PoolManager(
-            max_workers=self.options.max_workers,
-            min_workers=self.options.min_workers,
-            idle_timeout=self.options.idle_timeout,
-        )
+        self.pool = PoolManager(self.options.pool, wall_clock=self.clock)
         self.loader = LiveLoader(state)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
+        self.endpoints = Endpoints(self.metrics, self.pool, self.queue, self.traces)
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
@@ -144,7 +115,7 @@ class Gateway:
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
-            self.pool.deploy(live.deployment.functions, prewarm=self.options.prewarm)
+            self.pool.deploy(live.deployment.functions, prewarm=self.options.pool.prewarm)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -243,16 +214,16 @@ class Gateway:
             method=scope["method"],
             path=scope["path"],
             headers=decode_headers(scope["headers"]),
-            started=time.time(),
+            started=self.clock(),
             started_perf=time.perf_counter(),
             live=self.live,
         )
         # The exit stack holds a streamed invocation open until its body has been sent.
-        async with contextlib.AsyncExitStack() as ex.resources:
+        async with ex.resources:
             try:
                 status, headers, body = await self._pipeline(ex, scope, receive)
             except HttpError as exc:
-                status, headers, body = exc.status, [*exc.headers, JSON], b""
+                status, headers = exc.status, [*exc.headers, JSON]
                 body = error_body(exc.code, exc.message, ex.request_id)
                 ex.span.setdefault("error", exc.code)
                 ex.message = exc.message
@@ -272,33 +243,55 @@ class Gateway:
             self._stream_spans(ex)
         self._record(ex, status)
 
-    async def _pipeline(
-        self, ex: Exchange, scope: Scope, receive: Receive
-    ) -> tuple[int, Headers, bytes]:
-        live = ex.live
+    async def _pipeline(self, ex: Exchange, scope: Scope, receive: Receive) -> Answer:
+        """The steps in order (docs/reference.md, "The request pipeline")."""
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
-            return self._preflight(ex)
-        if ex.path == "/_flux/health":
-            return self._health(live)
+            return self.preflight(ex)
+        if ex.path == endpoints.HEALTH:
+            return endpoints.health(ex.live)
+        record = self.authenticate(ex)
+        self.admit(ex, record)
+        if ex.path.startswith(endpoints.PREFIX):
+            return await self.endpoints.answer(ex, record)
+        spec = self.route(ex, record)
+        body = await self.read_body(ex, spec, receive)
+        return await self.dispatch(ex, spec, scope, body)
 
-        # 1. authentication
-        outcome = live.keys.authenticate(ex.headers.get("authorization"))
+    # -- steps -------------------------------------------------------------------------------
+    def preflight(self, ex: Exchange) -> Answer:
+        """A CORS preflight: answered before authentication (browsers send no key with it)."""
+        headers, decision = cors.preflight_headers(
+            ex.live.cors,
+            ex.headers.get("origin", ""),
+            ex.headers.get("access-control-request-method", ""),
+            ex.headers.get("access-control-request-headers"),
+            ex.live.routes.methods_for(ex.path),
+        )
+        ex.preflight = True
+        ex.span["preflight"] = decision
+        return Answer(204, headers, b"")
+
+    def authenticate(self, ex: Exchange) -> KeyRecord:
+        """Who is calling: the key in ``Authorization: Bearer``, else 401/403."""
+        outcome = ex.live.keys.authenticate(ex.headers.get("authorization"))
         ex.span["auth"] = outcome.code
         if not outcome.ok:
             extra = [("www-authenticate", "Bearer")] if outcome.status == 401 else []
             raise HttpError(outcome.status, outcome.code, outcome.message, extra)
         record = outcome.record
         assert record is not None
-        ex.key_name = record.name
-        ex.span["key"] = record.name
-        self.key_usage[record.key_hash] = time.time()
+        ex.key_name = ex.span["key"] = record.name
+        self.key_usage[record.key_hash] = ex.started
+        return record
 
-        # 2. rate limit, per key, against the project's plan
-        decision = self.limiter.check(record.key_hash, live.plan)
+    def admit(self, ex: Exchange, record: KeyRecord) -> None:
+        """The caller's rate limit, per key, against the project's plan; else 429."""
+        plan = ex.live.plan
+        decision = self.limiter.check(record.key_hash, plan)
         self._dirty = True
         ex.rate_headers = [
-            ("ratelimit-policy", policy_header(live.plan)),
-            ("ratelimit", ratelimit_header(live.plan, decision)),
+            ("ratelimit-policy", policy_header(plan)),
+            ("ratelimit", ratelimit_header(plan, decision)),
         ]
         ex.span["ratelimit"] = {"allowed": decision.allowed, "remaining": decision.remaining}
         if not decision.allowed:
@@ -306,37 +299,34 @@ class Gateway:
             raise HttpError(
                 429,
                 "rate_limited",
-                f"rate limit of the {live.plan.name} plan exceeded "
-                f"({live.plan.rate_per_minute}/min, burst {live.plan.burst}); "
+                f"rate limit of the {plan.name} plan exceeded "
+                f"({plan.rate_per_minute}/min, burst {plan.burst}); "
                 f"retry in {decision.retry_after} s",
                 [("retry-after", str(decision.retry_after))],
             )
 
-        if ex.path.startswith(INTERNAL_PREFIX):
-            return await self._internal(ex, record)
-
-        # 3. route lookup
-        match = live.routes.lookup(ex.method, ex.path)
+    def route(self, ex: Exchange, record: KeyRecord) -> FunctionSpec:
+        """The function at this method and path, if the key may call it; else 404/403."""
+        match = ex.live.routes.lookup(ex.method, ex.path)
         if match.spec is None:
             ex.span["route"] = "no match"
-            hint = (
-                f" (served methods: {', '.join(match.allowed_methods)})"
-                if (match.allowed_methods)
-                else ""
-            )
+            served = match.allowed_methods
+            hint = f" (served methods: {', '.join(served)})" if served else ""
             raise HttpError(404, "not_found", f"no function at {ex.method} {ex.path}{hint}")
         spec = match.spec
         ex.function = spec.name
         ex.span["route"] = f"{spec.method} {spec.route} -> {spec.name}"
-        scoped = live.keys.authorize(record, spec.name)
+        scoped = ex.live.keys.authorize(record, spec.name)
         if not scoped.ok:
             ex.span["auth"] = scoped.code
             raise HttpError(scoped.status, scoped.code, scoped.message)
+        return spec
 
-        # 4 and 5 (CORS, x-request-id) apply to every answer: see _finish.
-        # 6. dispatch
-        # The body must arrive within the function's timeout: hypercorn does not
-        # report a client that stalls or goes away, so an unbounded read would hang forever.
+    async def read_body(self, ex: Exchange, spec: FunctionSpec, receive: Receive) -> bytes:
+        """The whole body, within the function's timeout (else 408) and size limit (413).
+
+        Bounded in time because hypercorn does not report a client that stalls or goes away:
+        an unbounded read would hold the connection forever."""
         with anyio.move_on_after(spec.timeout) as reading:
             body = await read_body(
                 receive,
@@ -351,6 +341,10 @@ class Gateway:
                 f"the request body did not arrive within {spec.timeout:g} s",
                 [("connection", "close")],
             )
+        return body
+
+    async def dispatch(self, ex: Exchange, spec: FunctionSpec, scope: Scope, body: bytes) -> Answer:
+        """Run the function (502/504 when it cannot answer), or queue it if it is async."""
         invocation = build_invocation(
             request_id=ex.request_id,
             method=ex.method,
@@ -359,79 +353,46 @@ class Gateway:
             scope=scope,
             spec=spec,
             body=body,
+            now=ex.started,
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:
-            await self.queue.enqueue(invocation, spec.name)
-            ex.span["queued"] = True
+            try:
+                await self.queue.enqueue(invocation, spec.name)
+            except QueueUnavailable:
+                raise HttpError(
+                    503, "queue_unavailable", "the invocation could not be queued; try again"
+                ) from None
+            ex.queued = ex.span["queued"] = True
             payload = {"request_id": ex.request_id, "status": "queued"}
-            return 202, [JSON], orjson.dumps(payload)
+            return Answer(202, [JSON], orjson.dumps(payload))
         try:
-            answer = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
+            opened = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
         except FunctionFailed as failure:
-            self._runtime_spans(ex, failure=failure)
+            ex.ran(self.clock(), failure=failure)
             extra = [("retry-after", str(failure.retry_after))] if failure.retry_after else []
             raise HttpError(failure.status, failure.code, failure.message, extra) from None
-        result = answer.result
-        if answer.stream is not None:  # spans once it ended: see _stream_spans
-            ex.stream, ex.result = answer.stream, result
-            return result.status, function_headers(result.headers), b""
-        self._runtime_spans(ex, result=result)
-        return result.status, function_headers(result.headers), result.body
+        result = opened.result
+        if opened.stream is not None:  # its spans once it ended: see _stream_spans
+            ex.stream, ex.result = opened.stream, result
+            return Answer(result.status, function_headers(result.headers), b"")
+        ex.ran(self.clock(), result=result)
+        return Answer(result.status, function_headers(result.headers), result.body)
 
-    # -- steps -------------------------------------------------------------------------------
-    def _preflight(self, ex: Exchange) -> tuple[int, Headers, bytes]:
-        headers, decision = cors.preflight_headers(
-            ex.live.cors,
-            ex.headers.get("origin", ""),
-            ex.headers.get("access-control-request-method", ""),
-            ex.headers.get("access-control-request-headers"),
-            ex.live.routes.methods_for(ex.path),
-        )
-        ex.span["preflight"] = decision
-        return 204, headers, b""
+    def _stream_spans(self, ex: Exchange) -> None:
+        """A streamed call's spans: its whole duration, how the stream ended, bytes, chunks,
+        time to first byte; its logs are complete only now (docs/runtimes.md, "Streaming")."""
+        stream, result = ex.stream, ex.result
+        assert stream is not None and result is not None
+        run_ms = (anyio.current_time() - stream.started) * 1000
+        ex.ran(self.clock(), result=attrs.evolve(result, run_ms=run_ms, logs=stream.logs()))
+        ex.extra_spans[-1].attributes.update(stream.attributes())
+        ex.span["stream"] = stream.outcome
 
-    def _health(self, live: LiveState) -> tuple[int, Headers, bytes]:
-        payload = {
-            "status": "ok",
-            "deployment": live.deployment.version,
-            "functions": len(live.deployment.functions),
-        }
-        return 200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload)
-
-    async def _internal(self, ex: Exchange, record: keys.KeyRecord) -> tuple[int, Headers, bytes]:
-        """/_flux/ endpoints. Metrics and invocation results need an unscoped key of this
-        project (a scoped key is meant for calling its functions only); an invocation can also
-        be read with the key that queued it."""
-        ex.span["route"] = f"internal {ex.path}"
-        if ex.method != "GET":
-            raise HttpError(404, "not_found", f"no function at {ex.method} {ex.path}")
-        if ex.path == "/_flux/metrics":
-            if record.functions:
-                raise HttpError(403, "forbidden", "metrics need a key not scoped to functions")
-            text = self.metrics.render(
-                workers=self.pool.stats(),
-                queue_depth=self.queue.depth(),
-                trace_backlog=self.traces.backlog,
-                trace_dropped=self.traces.dropped,
-            )
-            return (
-                200,
-                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                (text.encode()),
-            )
-        prefix = "/_flux/invocations/"
-        if ex.path.startswith(prefix):
-            request_id = ex.path[len(prefix) :]
-            job = await anyio.to_thread.run_sync(self.queue.get, request_id)
-            if job is None or (record.functions and job.function not in record.functions):
-                raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
-            return 200, [JSON], orjson.dumps(job_to_json(job))
-        raise HttpError(404, "not_found", f"no gateway endpoint at {ex.path}")
-
+    # -- every answer ------------------------------------------------------------------------
     def _finish(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        """Steps 4 and 5 for every answer: CORS headers, rate-limit fields, x-request-id."""
-        if status != 204 or "preflight" not in ex.span:
+        """CORS headers, rate-limit fields and x-request-id, on every answer."""
+        if not ex.preflight:
             cors_headers, decision = cors.response_headers(
                 ex.live.cors, ex.headers.get("origin"), ex.method
             )
@@ -446,66 +407,13 @@ class Gateway:
         headers.append(("x-request-id", ex.request_id))
         return headers
 
-    def _runtime_spans(
-        self,
-        ex: Exchange,
-        *,
-        result: InvocationResult | None = None,
-        failure: FunctionFailed | None = None,
-    ) -> None:
-        ex.extra_spans.extend(
-            invocation_spans(
-                end=time.time(),
-                result=result,
-                failure=failure,
-                started=ex.started,
-                function=ex.function,
-            )
-        )
-        outcome = result if result is not None else failure
-        ex.logs = outcome.logs if outcome is not None else ()
-
-    def _stream_spans(self, ex: Exchange) -> None:
-        """A streamed call's spans: its whole duration, how the stream ended, bytes, chunks,
-        time to first byte; its logs are complete only now."""
-        stream, result = ex.stream, ex.result
-        assert stream is not None and result is not None
-        run_ms = (anyio.current_time() - stream.started) * 1000
-        result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
-        self._runtime_spans(ex, result=result)
-        ex.extra_spans[-1].attributes.update(stream.attributes())
-        ex.span["stream"] = stream.outcome
-
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
         if self.feed.active:
             self._publish(ex, status, duration_ms)
-        if not self.traces.enabled:
-            return
-        gateway_span = Span(
-            name="gateway", start=ex.started, duration_ms=duration_ms, attributes=ex.span
-        )
-        self.traces.record(
-            TraceRecord(
-                request_id=ex.request_id,
-                started_at=ex.started,
-                method=ex.method,
-                path=ex.path,
-                status=status,
-                duration_ms=duration_ms,
-                function=ex.function,
-                key_name=ex.key_name,
-                client_request_id=ex.headers.get("x-request-id"),
-                traceparent_in=ex.headers.get("traceparent"),
-                # a request refused before dispatch still joins the caller's trace, if it sent one
-                trace_id=ex.trace_id
-                or (parse_traceparent(ex.headers.get("traceparent")) or ("",))[0],
-                spans=[gateway_span, *ex.extra_spans],
-                logs=list(ex.logs),
-                async_state="queued" if ex.span.get("queued") else None,
-            )
-        )
+        if self.traces.enabled:
+            self.traces.record(request_trace(ex, status, duration_ms))
 
     def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
         self.feed.publish(
@@ -530,10 +438,10 @@ class Gateway:
         spec = self.live.routes.by_name(function)
         if spec is None:  # removed by a redeploy: fail the job at once, no retries
             raise UnknownFunction(function)
-        fresh = attrs.evolve(invocation, deadline=time.time() + spec.timeout)
+        fresh = attrs.evolve(invocation, deadline=self.clock() + spec.timeout)
         return await self.pool.invoke(spec, fresh)
 
-    def _on_queue_event(self, job, event: str, details: dict[str, Any]) -> None:
-        self.traces.update_async_state(job.request_id, event, details)
+    def _on_queue_event(self, event: QueueEvent) -> None:
+        self.traces.record_queue_event(event)
         if self.feed.active:
-            self.feed.publish(job_event(job.request_id, event, details))
+            self.feed.publish(job_event(event))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -14,6 +14,16 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[str, str]]
+JSON = ("content-type", "application/json")
+
+
+class Answer(NamedTuple):
+    """What the gateway sends back: status, headers (lower-case names), body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
 
 MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
 # Set by the gateway or meaningless across a proxy: never copied from a function's response.

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 import attrs
 
-from .runtime.api import Invocation
+from .runtime.api import Invocation, InvocationResult
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
+EventKind = Literal["running", "succeeded", "retry", "failed"]
 
 
 @attrs.frozen
@@ -32,6 +33,35 @@ class Job:
     error: str | None
     created_at: float
     updated_at: float
+
+
+@attrs.frozen
+class QueueEvent:
+    """What the dispatcher tells its listener (traces, the live feed) after each committed
+    change of a job: it started an attempt (``running``), or the attempt ended."""
+
+    kind: EventKind
+    job: Job  # as stored after the change
+    at: float  # epoch seconds
+    wait_ms: float = 0.0  # running: how long it waited since it was (re)queued
+    duration_ms: float = 0.0  # the attempt's, for the other kinds
+    status: int | None = None  # the function's (or the failure's) HTTP status
+    error: str | None = None
+    retry_in_s: float | None = None  # retry: seconds until the next attempt
+    result: InvocationResult | None = None  # succeeded
+    failure: BaseException | None = None  # retry, failed
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self.job.max_attempts
+
+    @property
+    def function(self) -> str:
+        return self.job.function
 
 
 def invocation_json(invocation: Invocation) -> str:

@@ -309,15 +309,6 @@ class KeyStore:
         self._by_hash[record.key_hash] = record
         return record
 
-    def revoke(self, name: str, now: float) -> KeyRecord:
-        """Mark the active key ``name`` revoked at ``now``; returns the new record."""
-        record = self._active_by_name.pop(name, None)
-        if record is None:
-            raise KeyStoreError(f"no active API key named {name!r}")
-        revoked = attrs.evolve(record, revoked_at=now)
-        self._by_hash[record.key_hash] = revoked
-        return revoked
-
     def authenticate(self, authorization_header: str | None) -> AuthOutcome:
         """Decide on an ``Authorization`` header: 200 with the record, or a 401/403 refusal.
 

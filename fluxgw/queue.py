@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import sqlite3
 import threading
@@ -30,22 +29,29 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import attrs
 
-from .errors import HttpError, StateError
-from .jobs import Job, invocation_json, job_from_row
+from .errors import StateError
+from .jobs import EventKind, Job, QueueEvent, invocation_json, job_from_row
+from .jobstate import (
+    RETRY_STATUSES,
+    Backoff,
+    Failed,
+    Interrupted,
+    Started,
+    Succeeded,
+    advance,
+)
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .tracestore import prepare_db_file
 
 log = logging.getLogger(__name__)
 
 Invoke = Callable[[str, Invocation], Awaitable[InvocationResult]]
-OnEvent = Callable[[Job, str, dict[str, Any]], None]
+OnEvent = Callable[[QueueEvent], None]
 
 POLL_INTERVAL = 0.5  # how often due retries are looked for when nothing else wakes us
 REQUEUE_TIMEOUT = 2.0  # shielded write on cancellation: put in-flight jobs back
 PRUNE_EVERY = 60.0  # seconds between deletions of old finished jobs
-RETRY_STATUSES = (502, 503, 504)  # failures a retry may cure (SPEC §5); others fail at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,6 +72,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_run_at);
 """
+
+
+class QueueUnavailable(Exception):
+    """The job could not be stored (the disk failed, the file is locked...)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"could not queue {request_id}")
+        self.request_id = request_id
 
 
 class UnknownFunction(Exception):
@@ -109,8 +123,7 @@ class JobQueue:
         self.db_path = Path(db_path)
         self._clock = clock
         self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.backoff_policy = Backoff(backoff_base, backoff_max)
         self.poll_interval = poll_interval
         self.keep_finished_s = keep_finished_s  # results stay readable this long, like traces
         self._rng = rng or random.Random()
@@ -130,7 +143,8 @@ class JobQueue:
     async def enqueue(self, invocation: Invocation, function: str) -> None:
         """Store the invocation as a queued job; committed to disk when this returns.
 
-        Raises :class:`HttpError` 503 when it cannot be stored: the caller must not get a 202.
+        Raises :class:`QueueUnavailable` when it cannot be stored: the caller must not get a
+        202 (the gateway answers 503).
         """
         now = self._clock()
         row = (
@@ -147,9 +161,7 @@ class JobQueue:
             await anyio.to_thread.run_sync(self._insert, row)
         except sqlite3.Error as exc:
             log.exception("queue: could not store %s", invocation.request_id)
-            raise HttpError(
-                503, "queue_unavailable", "the invocation could not be queued; try again"
-            ) from exc
+            raise QueueUnavailable(invocation.request_id) from exc
         self._depth += 1
         self._wake.set()
 
@@ -181,10 +193,6 @@ class JobQueue:
             conn.close()
         return job_from_row(row) if row is not None else None
 
-    async def fetch(self, request_id: str) -> Job | None:
-        """:meth:`get` in a thread, for use on the event loop (``GET /_flux/invocations/ID``)."""
-        return await anyio.to_thread.run_sync(self.get, request_id)
-
     # -- dispatcher -----------------------------------------------------------------------
 
     async def run_dispatcher(
@@ -202,12 +210,9 @@ class JobQueue:
         :class:`UnknownFunction` for a function no longer deployed (no retries), or
         ``FunctionFailed`` (retried).
 
-        ``on_event(job, event, data)`` is told, after each change is committed, of
-        ``running`` (``wait_ms``), ``succeeded`` (``status``, ``duration_ms``, ``result``),
-        ``retry`` (``status``, ``error``, ``delay_s``, ``duration_ms``, ``exception``) and
-        ``failed`` (the same, without ``delay_s``); every ``data`` also has ``at`` (epoch),
-        ``attempt``, ``max_attempts`` and ``function``. Passing them on as
-        ``TraceStore.update_async_state(job.request_id, event, data)`` fills the trace.
+        ``on_event(event)`` is told of each :class:`~fluxgw.jobs.QueueEvent` (``running``,
+        ``succeeded``, ``retry``, ``failed``) after its change is committed. Passing them on to
+        ``TraceStore.record_queue_event`` fills the request's trace.
         """
         requeued = await anyio.to_thread.run_sync(self._recover)
         if requeued:
@@ -253,139 +258,68 @@ class JobQueue:
                     await self._wake.wait()
 
     async def _attempt(self, job: Job, waited: float, invoke: Invoke, emit: OnEvent) -> None:
-        emit(job, "running", {**_about(job, job.updated_at), "wait_ms": waited * 1000})
+        emit(QueueEvent("running", job, job.updated_at, wait_ms=waited * 1000))
         started = self._clock()
         try:
             try:
                 result = await invoke(job.function, job.invocation)
             except UnknownFunction as exc:
-                await self._finish_failed(job, str(exc), None, started, emit, exc)
+                await self._finish(job, Failed(str(exc), retryable=False), started, emit, exc)
             except FunctionFailed as exc:
-                error = f"{exc.code}: {exc.message}"
-                if exc.status in RETRY_STATUSES:
-                    await self._retry_or_fail(job, error, exc.status, started, emit, exc)
-                else:  # e.g. 413: the same input fails the same way, retrying cures nothing
-                    await self._finish_failed(job, error, exc.status, started, emit, exc)
+                # e.g. 413: the same input fails the same way, retrying cures nothing
+                failed = Failed(f"{exc.code}: {exc.message}", exc.status in RETRY_STATUSES)
+                await self._finish(job, failed, started, emit, exc, status=exc.status)
             except Exception as exc:
                 # A bug on our side must not stop the dispatcher; the job may still succeed.
                 log.exception("queue: invoking %s for %s failed", job.function, job.request_id)
-                error = f"internal error: {exc!r}"
-                await self._retry_or_fail(job, error, None, started, emit, exc)
+                failed = Failed(f"internal error: {exc!r}", retryable=True)
+                await self._finish(job, failed, started, emit, exc)
             else:
-                await self._finish_succeeded(job, result, started, emit)
+                succeeded = Succeeded(result.status, result.headers, result.body)
+                await self._finish(job, succeeded, started, emit, result=result)
         except anyio.get_cancelled_exc_class():
             with anyio.move_on_after(REQUEUE_TIMEOUT) as scope:
                 scope.shield = True
-                await anyio.to_thread.run_sync(self._requeue_interrupted, job.request_id)
+                interrupted = advance(job, Interrupted(), self._clock())
+                await anyio.to_thread.run_sync(self._save, interrupted)
             raise
 
-    async def _finish_succeeded(
-        self, job: Job, result: InvocationResult, started: float, emit: OnEvent
-    ) -> None:
-        now = self._clock()
-        await anyio.to_thread.run_sync(
-            self._update,
-            job.request_id,
-            "UPDATE jobs SET state = 'succeeded', result_status = ?, result_headers = ?, "
-            "result_body = ?, error = NULL, updated_at = ? WHERE request_id = ?",
-            (result.status, json.dumps(result.headers), result.body, now),
-        )
-        self._depth -= 1
-        done = attrs.evolve(
-            job,
-            state="succeeded",
-            result_status=result.status,
-            result_headers=result.headers,
-            result_body=result.body,
-            error=None,
-            updated_at=now,
-        )
-        emit(
-            done,
-            "succeeded",
-            {
-                **_about(job, now),
-                "status": result.status,
-                "duration_ms": (now - started) * 1000,
-                "result": result,
-            },
-        )
-
-    async def _retry_or_fail(
+    async def _finish(
         self,
         job: Job,
-        error: str,
-        status: int | None,
+        outcome: Succeeded | Failed,
         started: float,
         emit: OnEvent,
-        exc: BaseException,
+        failure: BaseException | None = None,
+        *,
+        status: int | None = None,
+        result: InvocationResult | None = None,
     ) -> None:
-        if job.attempts >= job.max_attempts:
-            error = f"{error} (gave up after {job.attempts} attempts)"
-            await self._finish_failed(job, error, status, started, emit, exc)
-            return
+        """Store the attempt's outcome, then tell ``emit`` (after the commit)."""
         now = self._clock()
-        delay = self.backoff(job.attempts)
-        await anyio.to_thread.run_sync(
-            self._update,
-            job.request_id,
-            "UPDATE jobs SET state = 'queued', next_run_at = ?, error = ?, updated_at = ? "
-            "WHERE request_id = ?",
-            (now + delay, error, now),
-        )
-        again = attrs.evolve(
-            job, state="queued", next_run_at=now + delay, error=error, updated_at=now
-        )
+        draw = self._rng.random()
+        done = advance(job, outcome, now, backoff=self.backoff_policy, draw=draw)
+        await anyio.to_thread.run_sync(self._save, done)
+        if done.state != "queued":
+            self._depth -= 1
+        kind: EventKind = "retry" if done.state == "queued" else done.state
         emit(
-            again,
-            "retry",
-            {
-                **_about(job, now),
-                "status": status,
-                "error": error,
-                "delay_s": delay,
-                "duration_ms": (now - started) * 1000,
-                "exception": exc,
-            },
-        )
-
-    async def _finish_failed(
-        self,
-        job: Job,
-        error: str,
-        status: int | None,
-        started: float,
-        emit: OnEvent,
-        exc: BaseException,
-    ) -> None:
-        now = self._clock()
-        await anyio.to_thread.run_sync(
-            self._update,
-            job.request_id,
-            "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE request_id = ?",
-            (error, now),
-        )
-        self._depth -= 1
-        done = attrs.evolve(job, state="failed", error=error, updated_at=now)
-        emit(
-            done,
-            "failed",
-            {
-                **_about(job, now),
-                "status": status,
-                "error": error,
-                "duration_ms": (now - started) * 1000,
-                "exception": exc,
-            },
+            QueueEvent(
+                kind,
+                done,
+                now,
+                duration_ms=(now - started) * 1000,
+                status=result.status if result is not None else status,
+                error=done.error,
+                retry_in_s=done.next_run_at - now if kind == "retry" else None,
+                result=result,
+                failure=failure,
+            )
         )
 
     def backoff(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failure: ``base * 2**(attempts-1)``,
-        capped at ``backoff_max``, then scaled by a random factor in [0.5, 1] so jobs that
-        failed together do not all retry in the same instant."""
-        exponent = min(attempts - 1, 62)  # keep 2**n finite before the cap applies
-        delay = min(self.backoff_max, self.backoff_base * math.pow(2, exponent))
-        return delay * (0.5 + 0.5 * self._rng.random())
+        """Seconds to wait after the ``attempts``-th failure (jitter included)."""
+        return self.backoff_policy.delay(attempts, self._rng.random())
 
     # -- sqlite, in worker threads --------------------------------------------------------
 
@@ -421,60 +355,53 @@ class JobQueue:
                 "ORDER BY next_run_at, created_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            self._conn.executemany(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? "
-                "WHERE request_id = ?",
-                [(now, row["request_id"]) for row in rows],
-            )
-        claimed = []
-        for row in rows:
-            job = job_from_row(row)
-            waited = max(0.0, now - job.updated_at)  # since it was queued or re-queued
-            claimed.append(
-                (
-                    attrs.evolve(job, state="running", attempts=job.attempts + 1, updated_at=now),
-                    waited,
-                )
-            )
+            jobs = [job_from_row(row) for row in rows]
+            claimed = [
+                (advance(job, Started(), now), max(0.0, now - job.updated_at)) for job in jobs
+            ]
+            self._conn.executemany(_SAVE, [_save_params(job) for job, _ in claimed])
         return claimed
 
-    def _update(self, request_id: str, sql: str, params: tuple[Any, ...]) -> None:
+    def _save(self, job: Job) -> None:
+        """Write the job's state as :func:`~fluxgw.jobstate.advance` returned it."""
         with self._lock:
-            self._conn.execute(sql, (*params, request_id))
-
-    def _requeue_interrupted(self, request_id: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self._conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
-                "updated_at = ? WHERE request_id = ? AND state = 'running'",
-                (now, request_id),
-            )
+            self._conn.execute(_SAVE, _save_params(job))
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
 
-def _about(job: Job, at: float) -> dict[str, Any]:
-    # What every event's data starts with: enough for a trace without the Job object.
-    return {
-        "at": at,
-        "attempt": job.attempts,
-        "max_attempts": job.max_attempts,
-        "function": job.function,
-    }
+_SAVE = (
+    "UPDATE jobs SET state = ?, attempts = ?, next_run_at = ?, result_status = ?, "
+    "result_headers = ?, result_body = ?, error = ?, updated_at = ? WHERE request_id = ?"
+)
+
+
+def _save_params(job: Job) -> tuple[Any, ...]:
+    headers = json.dumps(job.result_headers) if job.result_headers is not None else None
+    return (
+        job.state,
+        job.attempts,
+        job.next_run_at,
+        job.result_status,
+        headers,
+        job.result_body,
+        job.error,
+        job.updated_at,
+        job.request_id,
+    )
 
 
 def _safe(on_event: OnEvent | None) -> OnEvent:
     """``on_event`` guarded: a failing listener (tracing) must not stop the dispatcher."""
 
-    def emit(job: Job, event: str, data: dict[str, Any]) -> None:
+    def emit(event: QueueEvent) -> None:
         if on_event is None:
             return
         try:
-            on_event(job, event, data)
+            on_event(event)
         except Exception:
-            log.exception("queue: on_event(%r) failed for %s", event, job.request_id)
+            log.exception("queue: on_event(%r) failed for %s", event.kind, event.job.request_id)
 
     return emit

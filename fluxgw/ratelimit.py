@@ -68,7 +68,6 @@ PLANS: dict[str, Plan] = {
     "pro": Plan("pro", 1_000, 2_000),
     "team": Plan("team", 10_000, 30_000),
 }
-DEFAULT_PLAN = PLANS["free"]
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from hypercorn.config import Config
 
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
+from .runtime.options import PoolOptions
 from .state import StateDir
 
 log = logging.getLogger("fluxgw.server")
@@ -47,10 +48,7 @@ class ServerConfig:
     tracing: bool = True
     grace_period: float = 10.0
     access_log: bool = False
-    max_workers: int | None = None  # per function; None: one per CPU (docs/runtimes.md)
-    min_workers: int = 0
-    idle_timeout: float = 300.0
-    prewarm: bool = False  # `flux dev` always pre-warms
+    pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
 
 
@@ -128,10 +126,7 @@ async def _main(config: ServerConfig) -> None:
         state,
         GatewayOptions(
             tracing=config.tracing,
-            prewarm=config.dev or config.prewarm,
-            max_workers=config.max_workers,
-            min_workers=config.min_workers,
-            idle_timeout=config.idle_timeout,
+            pool=attrs.evolve(config.pool, prewarm=True) if config.dev else config.pool,
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)

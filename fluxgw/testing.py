@@ -30,6 +30,7 @@ import httpx
 from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
+from .runtime.options import DEFAULT_POOL, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
 
@@ -115,7 +116,7 @@ async def open_gateway(
     clock: FakeClock | None = None,
     in_process: bool = False,
     tracing: bool = True,
-    max_workers: int = 4,
+    max_workers: int = DEFAULT_POOL.max_workers,
 ) -> AsyncIterator[FluxTestGateway]:
     """Start a gateway for a copy of ``project_dir`` (its functions/ folder)."""
     source = Path(project_dir)
@@ -137,7 +138,7 @@ async def open_gateway(
         deploy(state)
         gateway = Gateway(
             state,
-            GatewayOptions(clock=clock, tracing=tracing, max_workers=max_workers, prewarm=False),
+            GatewayOptions(clock=clock, tracing=tracing, pool=PoolOptions(max_workers=max_workers)),
         )
         gateway.load()
         async with anyio.create_task_group() as tasks:

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import anyio.abc
 import orjson
 
 from .errors import StateError
+from .jobs import QueueEvent
 from .runtime.api import LogLine
 from .tracing import (
     AmbiguousPrefix,
@@ -101,10 +102,6 @@ _INSERT_EVENTS = (
     f"SELECT {_unpack(5)} FROM json_each(?)"
 )
 
-_COLUMNS = (
-    "request_id, started_at, method, path, status, duration_ms, function, key_name, "
-    "client_request_id, traceparent_in, trace_id, async_state"
-)
 # What readers select from "traces t": the latest state an event set wins over the state
 # recorded with the trace row.
 _SELECT = (
@@ -194,26 +191,25 @@ class TraceStore:
         if self.enabled:
             self._push((_TRACE, _trace_row(trace)))
 
+    def record_queue_event(self, event: QueueEvent) -> None:
+        """Add what a dispatcher event tells (:func:`~fluxgw.tracing.queue_event_trace`) to
+        its request's trace. O(1), never blocks."""
+        if self.enabled:
+            state, spans, logs = queue_event_trace(event)
+            self.update_async_state(event.job.request_id, state, spans=spans, logs=logs)
+
     def update_async_state(
         self,
         request_id: str,
         state: str | None,
-        details: Mapping[str, Any] | None = None,
         *,
         spans: Sequence[Span] = (),
         logs: Sequence[LogLine] = (),
     ) -> None:
         """Add a new async state and/or spans and log lines to a trace already recorded.
-
-        With ``details``, ``state`` is a dispatcher event and ``details`` its data, as given
-        to the queue's ``on_event``: they are turned into the state, queue/runtime/function
-        spans and log lines by :func:`~fluxgw.tracing.queue_event_trace`. O(1), never blocks.
-        """
+        O(1), never blocks."""
         if not self.enabled:
             return
-        if details is not None:
-            state, more_spans, more_logs = queue_event_trace(state or "", details)
-            spans, logs = [*spans, *more_spans], [*logs, *more_logs]
         row = (
             request_id,
             self._clock(),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import FluxError
 from .runtime.api import FunctionFailed, InvocationResult, LogLine
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+    from .jobs import QueueEvent
 
 SPAN_NAMES = ("gateway", "queue", "runtime", "function")
 
@@ -81,15 +84,14 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     return trace_id, parent_id
 
 
-def new_traceparent(trace_id: str | None = None, parent: str | None = None) -> tuple[str, str]:
+def new_traceparent(trace_id: str | None = None) -> tuple[str, str]:
     """The ``traceparent`` to hand the function, and its trace id.
 
     ``trace_id`` continues the caller's trace (from :func:`parse_traceparent`); without it a
-    new trace starts. ``parent`` is the caller's span id: it is recorded in the trace (as the
-    incoming traceparent), not in the header, since the function's parent is the gateway's
-    own fresh span. The sampled flag is set: the gateway records every request.
+    new trace starts. The header names a fresh span, the gateway's: the caller's own span id
+    is kept in the trace as the incoming traceparent. The sampled flag is set: the gateway
+    records every request.
     """
-    del parent  # kept in TraceRecord.traceparent_in by the caller; the header names our span
     if trace_id is not None and not _TRACE_ID.fullmatch(trace_id):
         # Tolerate a whole header passed by mistake; anything else invalid starts a new trace.
         parsed = parse_traceparent(trace_id)
@@ -152,6 +154,31 @@ class TraceRecord:
     async_state: str | None = None
 
 
+def request_trace(ex: Exchange, status: int, duration_ms: float) -> TraceRecord:
+    """The trace of one answered request: the gateway span, then what the invocation added."""
+    gateway_span = Span(
+        name="gateway", start=ex.started, duration_ms=duration_ms, attributes=ex.span
+    )
+    traceparent = ex.headers.get("traceparent")
+    return TraceRecord(
+        request_id=ex.request_id,
+        started_at=ex.started,
+        method=ex.method,
+        path=ex.path,
+        status=status,
+        duration_ms=duration_ms,
+        function=ex.function,
+        key_name=ex.key_name,
+        client_request_id=ex.headers.get("x-request-id"),
+        traceparent_in=traceparent,
+        # a request refused before dispatch still joins the caller's trace, if it sent one
+        trace_id=ex.trace_id or (parse_traceparent(traceparent) or ("",))[0],
+        spans=[gateway_span, *ex.extra_spans],
+        logs=list(ex.logs),
+        async_state="queued" if ex.queued else None,
+    )
+
+
 def invocation_spans(
     *,
     end: float,
@@ -191,41 +218,35 @@ def invocation_spans(
     return []
 
 
-def queue_event_trace(
-    event: str, details: Mapping[str, Any]
-) -> tuple[str, list[Span], list[LogLine]]:
-    """What one dispatcher event (see :meth:`fluxgw.queue.JobQueue.run_dispatcher`) adds to
-    its request's trace: the async state, spans and the function's log lines.
+def queue_event_trace(event: QueueEvent) -> tuple[str, list[Span], list[LogLine]]:
+    """What one dispatcher event adds to its request's trace: the async state, spans and the
+    function's log lines.
 
     ``running`` adds a ``queue`` span for the wait before the attempt; ``succeeded`` the
     runtime and function spans of the result; ``retry`` and ``failed`` a ``queue`` span naming
     the outcome (and when the next attempt is) and the failed function span.
     """
-    at = float(details.get("at", 0.0))
-    attempt = {"attempt": details.get("attempt"), "max_attempts": details.get("max_attempts")}
-    if event == "running":
-        wait_ms = float(details.get("wait_ms", 0.0))
-        return "running", [Span("queue", at - wait_ms / 1000, wait_ms, attempt)], []
-    result = details.get("result")
-    failure = details.get("exception")
-    started = at - float(details.get("duration_ms", 0.0)) / 1000
+    at = event.at
+    attempt = {"attempt": event.attempt, "max_attempts": event.max_attempts}
+    if event.kind == "running":
+        return "running", [Span("queue", at - event.wait_ms / 1000, event.wait_ms, attempt)], []
     spans: list[Span] = []
-    if event in ("retry", "failed"):
-        outcome: dict[str, Any] = {**attempt, "outcome": event}
-        if "delay_s" in details:
-            outcome["retry_in_s"] = round(details["delay_s"], 3)
-        if details.get("error"):
-            outcome["error"] = details["error"]
+    if event.kind in ("retry", "failed"):
+        outcome: dict[str, Any] = {**attempt, "outcome": event.kind}
+        if event.retry_in_s is not None:
+            outcome["retry_in_s"] = round(event.retry_in_s, 3)
+        if event.error:
+            outcome["error"] = event.error
         spans.append(Span("queue", at, 0.0, outcome))
-    if isinstance(result, InvocationResult):
-        spans.extend(invocation_spans(end=at, result=result, function=details.get("function")))
-        logs = list(result.logs)
-    elif isinstance(failure, FunctionFailed):
-        spans.extend(invocation_spans(end=at, failure=failure, started=started))
-        logs = list(failure.logs)
-    else:
-        logs = []
-    return ("queued" if event == "retry" else event), spans, logs
+    logs: list[LogLine] = []
+    if event.result is not None:
+        spans.extend(invocation_spans(end=at, result=event.result, function=event.function))
+        logs = list(event.result.logs)
+    elif isinstance(event.failure, FunctionFailed):
+        started = at - event.duration_ms / 1000
+        spans.extend(invocation_spans(end=at, failure=event.failure, started=started))
+        logs = list(event.failure.logs)
+    return ("queued" if event.kind == "retry" else event.kind), spans, logs
 
 
 def log_to_json(line: LogLine) -> dict[str, Any]:

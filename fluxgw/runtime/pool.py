@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import signal
 import time
 import urllib.parse
@@ -39,26 +38,17 @@ from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
 from .discovery import RuntimeFinder, default_finder, worker_command
-from .process import Call, Worker, WorkerGone
+from .options import PoolOptions
+from .process import Call, Worker, WorkerGone, log_lines
 
 logger = logging.getLogger("fluxgw.runtime")
 
-__all__ = ["PoolManager", "Stream", "default_max_workers", "runtime_problem"]
+__all__ = ["Opened", "PoolManager", "Stream"]
 
 DEFAULT_CONCURRENCY = {"python": 256, "node": 256, "deno": 256}  # per worker; see docs
 QUEUE_WAIT = 0.5  # a call waits for capacity at most this fraction of its timeout
 DEFAULT_MAX_QUEUE = 1000  # calls waiting per function; more are refused at once
 CANCEL_GRACE = 1.0  # seconds a worker has to let go of a cancelled invocation
-
-
-def default_max_workers() -> int:
-    """Workers per function when not configured: one per CPU, at least 2."""
-    return max(2, os.cpu_count() or 2)
-
-
-def runtime_problem(runtime: str) -> str | None:
-    """Re-exported from :mod:`.discovery`: None if ``runtime`` is available, else how to fix."""
-    return default_finder.problem(runtime)
 
 
 def overloaded(spec: FunctionSpec, why: str) -> FunctionFailed:
@@ -187,7 +177,7 @@ class Stream:
 
 
 @attrs.define
-class Answer:
+class Opened:
     """What :meth:`PoolManager.open` yields: the head (and whole body), or a stream."""
 
     result: InvocationResult  # for a stream: status and headers, body b"", logs so far
@@ -203,24 +193,22 @@ class PoolManager:
 
     def __init__(
         self,
+        options: PoolOptions | None = None,
         *,
-        max_workers: int | None = None,
-        min_workers: int = 0,
-        idle_timeout: float = 300.0,
         grace_period: float = 10.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
     ) -> None:
-        max_workers = default_max_workers() if max_workers is None else max_workers
-        if max_workers < 1 or min_workers < 0 or min_workers > max_workers:
-            raise ValueError("need 0 <= min_workers <= max_workers and max_workers >= 1")
-        self._max_workers = max_workers
-        self._min_workers = min_workers
-        self._idle_timeout = idle_timeout
+        options = options or PoolOptions()
+        self._max_workers = options.max_workers
+        self._min_workers = options.min_workers
+        self._idle_timeout = options.idle_timeout
         self._grace_period = grace_period
         self._max_queue = max_queue
-        self._clock = clock
+        self._clock = clock  # idle reaping
+        self._wall_clock = wall_clock  # invocation deadlines are epoch seconds
         self._finder = finder or default_finder
         self._generation = 0
         self._pools: dict[FunctionSpec, FunctionPool] = {}
@@ -419,8 +407,8 @@ class PoolManager:
     # -- invoke -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def open(self, spec: FunctionSpec, invocation: Invocation) -> AsyncIterator[Answer]:
-        """Run one invocation; yield its :class:`Answer` once the head (or whole answer) is in.
+    async def open(self, spec: FunctionSpec, invocation: Invocation) -> AsyncIterator[Opened]:
+        """Run one invocation; yield its :class:`Opened` once the head (or whole answer) is in.
 
         Raises :class:`FunctionFailed` (502/503/504) when it cannot answer. Leaving the block
         before a stream ended cancels the invocation (its worker has CANCEL_GRACE to let go,
@@ -434,7 +422,7 @@ class PoolManager:
         if len(invocation.body) > protocol.MAX_BODY:
             raise FunctionFailed(413, "payload_too_large", "request body exceeds 6 MiB")
         pool = self._pool_for(spec)
-        now = time.time()
+        now = self._wall_clock()
         deadline = min(invocation.deadline, now + spec.timeout)
         began = anyio.current_time()
         end_at = began + (deadline - now)
@@ -452,7 +440,7 @@ class PoolManager:
                 message = f"function {spec.name}: its worker exited before the call started"
                 raise FunctionFailed(502, "worker_lost", message, (), worker.pid) from None
             run_at = anyio.current_time()
-            answer: Answer | None = None
+            answer: Opened | None = None
             with anyio.move_on_at(end_at):
                 try:
                     event = await call.next_event()
@@ -462,7 +450,7 @@ class PoolManager:
                     if event.code == "memory_limit_exceeded":
                         raise self._memory_failure(worker, call)
                     message = f"function {spec.name} raised {event.error}"
-                    logs = (*call.logs.lines(), *_lines("stderr", event.traceback))
+                    logs = (*call.logs.lines(), *log_lines("stderr", event.traceback))
                     raise FunctionFailed(502, "function_error", message, logs, worker.pid)
                 assert isinstance(event, protocol.Response)
                 result = InvocationResult(
@@ -478,7 +466,7 @@ class PoolManager:
                     streaming=event.streaming,
                 )
                 stream = Stream(call, event.body, end_at, run_at) if event.streaming else None
-                answer = Answer(result, stream)
+                answer = Opened(result, stream)
             if answer is None:  # the deadline passed before the function answered
                 reason = "timeout"
                 await self._let_go(worker, call, reason)
@@ -675,11 +663,6 @@ class PoolManager:
             if predicate():
                 return
             await changed.wait()
-
-
-def _lines(stream: str, text: str) -> list[LogLine]:
-    now = time.time()
-    return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:

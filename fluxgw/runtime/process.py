@@ -201,9 +201,7 @@ class Worker:
         self._write_lock = anyio.Lock()
         self.calls: dict[int, Call] = {}
         self.load = 0  # calls reserved or running on it (the pool's bookkeeping)
-        self.started_at = time.monotonic()
         self.last_used = 0.0  # pool clock reading when it last became idle
-        self.invocations = 0
         self.ready = anyio.Event()
         self.ready_at = 0.0  # anyio clock reading (set by the pool)
         self.start_failure: FunctionFailed | None = None
@@ -287,7 +285,6 @@ class Worker:
         """Send an invocation; its answer arrives as events on the returned Call."""
         invocation_id, frame = self.protocol.send_invoke(request, body)
         call = self.calls[invocation_id] = Call(self, invocation_id)
-        self.invocations += 1
         await self._write(frame)
         return call
 
@@ -359,7 +356,7 @@ class Worker:
                     self._startup_logs = LogBuffer()
                     self.ready.set()
                 elif isinstance(event, protocol.StartFailed):
-                    logs = (*self._startup_logs.lines(), *_lines("stderr", event.traceback))
+                    logs = (*self._startup_logs.lines(), *log_lines("stderr", event.traceback))
                     message = f"function {self.spec.name} failed to start: {event.error}"
                     self.start_failure = FunctionFailed(
                         502, "function_failed_to_start", message, logs, self.pid
@@ -543,6 +540,7 @@ class Worker:
         return self._startup_logs.lines()
 
 
-def _lines(stream: str, text: str) -> list[LogLine]:
+def log_lines(stream: str, text: str) -> list[LogLine]:
+    """A traceback or other text as log lines of one stream, stamped now."""
     now = time.time()
     return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]

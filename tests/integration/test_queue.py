@@ -13,7 +13,8 @@ import anyio
 import pytest
 from conftest import BOTH_LOOPS
 
-from fluxgw.jobs import Job, job_to_json
+from fluxgw.jobs import Job, QueueEvent, job_to_json
+from fluxgw.jobstate import Backoff
 from fluxgw.queue import JobQueue, UnknownFunction
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult, LogLine
 from fluxgw.tracestore import TraceStore
@@ -101,8 +102,8 @@ async def test_success_lifecycle(tmp_path, tasks):
         await release.wait()
         return ok(201)
 
-    def on_event(job: Job, event: str, data: dict) -> None:
-        events.append((event, job.state, data["attempt"]))
+    def on_event(event: QueueEvent) -> None:
+        events.append((event.kind, event.job.state, event.attempt))
 
     await tasks.start(
         lambda task_status: queue.run_dispatcher(invoke, on_event=on_event, task_status=task_status)
@@ -152,7 +153,7 @@ async def test_retries_with_backoff_then_fails(tmp_path, tasks):
     events: list[str] = []
     await tasks.start(
         lambda task_status: queue.run_dispatcher(
-            invoke, on_event=lambda job, event, data: events.append(event), task_status=task_status
+            invoke, on_event=lambda event: events.append(event.kind), task_status=task_status
         )
     )
     invocation = make_invocation()
@@ -182,9 +183,8 @@ async def test_retries_with_backoff_then_fails(tmp_path, tasks):
 
 
 def test_backoff_is_capped():
-    queue = JobQueue.__new__(JobQueue)  # backoff needs no database
-    queue.backoff_base, queue.backoff_max, queue._rng = 1.0, 60.0, random.Random(1)
-    delays = [queue.backoff(n) for n in range(1, 200)]
+    rng = random.Random(1)
+    delays = [Backoff(1.0, 60.0).delay(n, rng.random()) for n in range(1, 200)]
     assert all(0.5 <= d <= 60.0 for d in delays)
     assert max(delays[10:]) <= 60.0 and min(delays[10:]) >= 30.0
 
@@ -379,7 +379,7 @@ def test_job_to_json_shapes():
 
 
 async def test_queue_events_fill_the_trace(tmp_path, tasks):
-    """Wired as the gateway does: on_event -> TraceStore.update_async_state(id, event, data)."""
+    """Wired as the gateway does: on_event -> TraceStore.record_queue_event(event)."""
     store = TraceStore(tmp_path / "traces.db", flush_interval=0.01)
     await tasks.start(store.run)
     queue = make_queue(tmp_path / "queue.db", backoff_base=0.0)
@@ -395,8 +395,8 @@ async def test_queue_events_fill_the_trace(tmp_path, tasks):
             raise outcome
         return outcome
 
-    def on_event(job, event, data):
-        store.update_async_state(job.request_id, event, data)
+    def on_event(event):
+        store.record_queue_event(event)
 
     await tasks.start(
         lambda task_status: queue.run_dispatcher(invoke, on_event=on_event, task_status=task_status)

@@ -8,6 +8,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -18,6 +19,7 @@ from conftest import BOTH_LOOPS
 
 from fluxgw.project import FunctionSpec
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult
+from fluxgw.runtime.options import PoolOptions
 from fluxgw.runtime.pool import PoolManager
 
 pytestmark = [pytest.mark.timeout(60), BOTH_LOOPS]
@@ -82,8 +84,8 @@ async def make_pool(
 ) -> AsyncIterator[Callable[..., Awaitable[PoolManager]]]:
     pools: list[PoolManager] = []
 
-    async def factory(**kwargs: object) -> PoolManager:
-        pool = PoolManager(**kwargs)  # type: ignore[arg-type]
+    async def factory(clock: Callable[[], float] | None = None, **options: Any) -> PoolManager:
+        pool = PoolManager(PoolOptions(**options), **({"clock": clock} if clock else {}))
         await tasks.start(pool.run)
         pools.append(pool)
         return pool
@@ -493,7 +495,7 @@ async def test_prewarm_starts_workers_after_deploy(make_pool: Callable, tmp_path
 
 
 async def test_aclose_leaves_no_process_behind(tasks: anyio.abc.TaskGroup, tmp_path: Path) -> None:
-    pool = PoolManager(max_workers=3, grace_period=0.5)
+    pool = PoolManager(PoolOptions(max_workers=3), grace_period=0.5)
     await tasks.start(pool.run)
     spec = make_function(
         tmp_path,

@@ -20,13 +20,22 @@ from fluxgw.feed import (
     job_event,
     request_event,
 )
-from fluxgw.runtime.api import FunctionFailed, InvocationResult, LogLine
+from fluxgw.jobs import Job, QueueEvent
+from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult, LogLine
 from fluxgw.tracing import Span
 
 
 @pytest.fixture(params=["trio", "asyncio"])
 def run(request) -> Callable[[Callable[[], Awaitable[None]]], None]:
     return lambda body: anyio.run(body, backend=request.param)
+
+
+def queued_job(function: str, attempts: int, max_attempts: int = 3) -> Job:
+    invocation = Invocation(request_id="e" * 32, method="POST", path="/jobs", deadline=1.0)
+    return Job(
+        "e" * 32, function, invocation, attempts, max_attempts, "running", 1.0,
+        None, None, None, None, 1.0, 1.0,
+    )  # fmt: skip
 
 
 def event(n: int) -> RequestEvent:
@@ -219,8 +228,8 @@ def test_request_event_takes_the_error_of_a_refusal_or_a_failed_function():
 
 
 def test_job_events_from_dispatcher_details():
-    base = {"at": 50.0, "attempt": 1, "max_attempts": 3, "function": "resize"}
-    running = job_event("e" * 32, "running", {**base, "wait_ms": 3.0})
+    job = queued_job("resize", attempts=1)
+    running = job_event(QueueEvent("running", job, 50.0, wait_ms=3.0))
     assert (running.event, running.attempt, running.status, running.logs) == (
         "running",
         1,
@@ -230,9 +239,7 @@ def test_job_events_from_dispatcher_details():
     result = InvocationResult(
         200, (), b"ok", logs=(LogLine(50.0, "stdout", "done"),), cold_start=True
     )
-    ok = job_event(
-        "e" * 32, "succeeded", {**base, "status": 200, "duration_ms": 4.0, "result": result}
-    )
+    ok = job_event(QueueEvent("succeeded", job, 50.0, status=200, duration_ms=4.0, result=result))
     assert (ok.status, ok.start, ok.duration_ms, [line.text for line in ok.logs]) == (
         200,
         "cold",
@@ -241,16 +248,16 @@ def test_job_events_from_dispatcher_details():
     )
     failure = FunctionFailed(502, "function_error", "boom", logs=(LogLine(50.0, "stderr", "tb"),))
     retry = job_event(
-        "e" * 32,
-        "retry",
-        {
-            **base,
-            "status": 502,
-            "error": "function_error: boom",
-            "delay_s": 1.5,
-            "duration_ms": 2.0,
-            "exception": failure,
-        },
+        QueueEvent(
+            "retry",
+            job,
+            50.0,
+            status=502,
+            error="function_error: boom",
+            retry_in_s=1.5,
+            duration_ms=2.0,
+            failure=failure,
+        )
     )
     assert isinstance(retry, JobEvent)
     assert (retry.status, retry.error, retry.retry_in_s) == (502, "function_error: boom", 1.5)

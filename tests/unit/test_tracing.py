@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from fluxgw.runtime.api import FunctionFailed, InvocationResult, LogLine
+from fluxgw.jobs import Job, QueueEvent
+from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult, LogLine
 from fluxgw.tracing import (
     AmbiguousPrefix,
     Span,
@@ -23,6 +24,14 @@ from fluxgw.tracing import (
 HEX32 = re.compile(r"[0-9a-f]{32}")
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-01")
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def queued_job(function: str, attempts: int, max_attempts: int = 3) -> Job:
+    invocation = Invocation(request_id="e" * 32, method="POST", path="/jobs", deadline=1.0)
+    return Job(
+        "e" * 32, function, invocation, attempts, max_attempts, "running", 1.0,
+        None, None, None, None, 1.0, 1.0,
+    )  # fmt: skip
 
 
 def test_request_ids_are_128_bit_hex_and_unique():
@@ -67,7 +76,7 @@ def test_new_traceparent_starts_a_trace():
 
 def test_new_traceparent_continues_the_callers_trace_with_a_new_span():
     trace_id, parent = parse_traceparent(VALID)
-    header, kept = new_traceparent(trace_id, parent)
+    header, kept = new_traceparent(trace_id)
     match = TRACEPARENT.fullmatch(header)
     assert kept == trace_id and match.group(1) == trace_id
     assert match.group(2) != parent  # the function's parent is the gateway's span
@@ -117,29 +126,27 @@ def test_invocation_spans_place_runtime_and_function_back_from_the_end():
 
 
 def test_queue_events_become_state_spans_and_logs():
-    base = {"at": 50.0, "attempt": 2, "max_attempts": 3, "function": "f"}
-    state, spans, logs = queue_event_trace("running", {**base, "wait_ms": 500.0})
+    job = queued_job("f", attempts=2)
+    state, spans, logs = queue_event_trace(QueueEvent("running", job, 50.0, wait_ms=500.0))
     assert state == "running" and spans == [
         Span("queue", 49.5, 500.0, {"attempt": 2, "max_attempts": 3})
     ]
     failure = FunctionFailed(502, "runtime_crashed", "boom", logs=(LogLine(49.9, "stderr", "x"),))
-    retry = {
-        **base,
-        "status": 502,
-        "error": "e",
-        "delay_s": 1.23456,
-        "duration_ms": 100.0,
-        "exception": failure,
-    }
-    state, spans, logs = queue_event_trace("retry", retry)
+    retry = QueueEvent(
+        "retry",
+        job,
+        50.0,
+        status=502,
+        error="e",
+        retry_in_s=1.23456,
+        duration_ms=100.0,
+        failure=failure,
+    )
+    state, spans, logs = queue_event_trace(retry)
     assert state == "queued" and [s.name for s in spans] == ["queue", "function"]
     assert spans[0].attributes["retry_in_s"] == 1.235 and spans[1].start == pytest.approx(49.9)
     assert [line.text for line in logs] == ["x"]
-    ok = {
-        **base,
-        "status": 200,
-        "duration_ms": 5.0,
-        "result": InvocationResult(200, (), b"", run_ms=5.0),
-    }
-    state, spans, logs = queue_event_trace("succeeded", ok)
+    result = InvocationResult(200, (), b"", run_ms=5.0)
+    ok = QueueEvent("succeeded", job, 50.0, status=200, duration_ms=5.0, result=result)
+    state, spans, logs = queue_event_trace(ok)
     assert state == "succeeded" and [s.name for s in spans] == ["runtime", "function"]
