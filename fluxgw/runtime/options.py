@@ -2,7 +2,7 @@
 
 The CLI builds it from ``--max-workers``, ``--min-workers``, ``--idle-timeout`` and
 ``--prewarm``; the server, the gateway, the pool and the test harness take it as is. What each
-field means for a user: docs/runtimes.md ("Worker pool").
+field means for a user: docs/runtimes.md ("Concurrency and pools").
 """
 
 from __future__ import annotations

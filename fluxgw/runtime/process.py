@@ -195,6 +195,7 @@ class Worker:
         self.protocol = protocol.WorkerProtocol()
         self.memory_limit = memory_limit  # bytes of RSS, None = unlimited
         self.memory_exceeded = False
+        self.killed = False  # by the gateway (kill()): its calls answer worker_lost
         self.peak_rss = 0
         self._answers = answers
         self._requests = requests
@@ -335,6 +336,9 @@ class Worker:
         lost = WorkerGone("worker_lost", "its worker exited")
         try:
             while True:
+                if self.killed:  # by the gateway: its calls are lost, not malformed
+                    lost = WorkerGone("worker_lost", "the gateway had to kill its worker")
+                    return
                 try:
                     event = self.protocol.next_event()
                 except protocol.ProtocolError as exc:
@@ -416,6 +420,7 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the whole process group now; its in-flight calls fail, it is never reused."""
+        self.killed = True
         self.protocol.mark_broken()
         self._signal_group(signal.SIGKILL)
         self.stop_requested.set()
