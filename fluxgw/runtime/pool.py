@@ -92,9 +92,13 @@ class FunctionPool:
 
     @property
     def per_worker(self) -> int:
-        """Slots a worker still starting will bring (what the last ready one announced)."""
+        """Slots a worker still starting will bring: what the last ready one announced; before
+        any did, 1 for python (a sync handler is the common case: growing at once beats
+        waiting one cold start to learn it) and the function's concurrency for node/deno."""
         limit = self.learned_limit
-        return self.concurrency if limit is None else min(self.concurrency, limit)
+        if limit is None:
+            return 1 if self.spec.runtime == "python" else self.concurrency
+        return min(self.concurrency, limit)
 
     def free_worker(self) -> Worker | None:
         for worker in self.workers:
@@ -311,7 +315,8 @@ class PoolManager:
 
     def _grow(self, pool: FunctionPool) -> None:
         """Start workers while the calls waiting outnumber the slots on their way."""
-        if pool.draining or self._closed or self._group is None:
+        # A draining pool still serves the calls it admitted before the redeploy.
+        if self._closed or self._group is None:
             return
         while pool.waiters and pool.size < pool.max_workers:
             if len(pool.waiters) <= pool.starting * pool.per_worker:
@@ -367,11 +372,14 @@ class PoolManager:
                 pool.learned_limit = worker.capacity_limit
                 worker.ready_at = anyio.current_time()
                 worker.last_used = self._clock()
-                if pool.draining or self._closed:
+                if self._closed or (pool.draining and not pool.waiters):
                     worker.request_stop()
                 else:
                     pool.workers.append(worker)
                     self._dispatch(pool)
+                    if pool.draining and worker.load == 0:
+                        worker.request_stop()
+                        pool.workers.remove(worker)
                 self._notify()
         finally:
             if counted:
