@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=4000)
     _loop_argument(dev)
+    _log_arguments(dev, dev=True)
+    _dashboard_arguments(dev)
     _pool_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
@@ -40,7 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    _log_arguments(serve, dev=False)
+    _dashboard_arguments(serve)
     _pool_arguments(serve)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="print a fresh login URL for the running gateway's dashboard"
+    )
+    dashboard.add_argument(
+        "--ttl",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="seconds the one-time link stays valid (default 900)",
+    )
 
     routes = commands.add_parser("routes", help="show the routing table")
     routes.add_argument("--json", action="store_true")
@@ -81,7 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
+
+    from .logs import add_arguments as logs_arguments
+
+    logs_arguments(commands.add_parser("logs", help="recent requests and their output"))
     return parser
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The admin listener (docs/dashboard.md)."""
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="dashboard port on 127.0.0.1 (default 4001; a free one if 4001 is taken)",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
 
 
 def _loop_argument(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +120,21 @@ def _loop_argument(parser: argparse.ArgumentParser) -> None:
         choices=("trio", "asyncio"),
         default="trio",
         help="event loop (default trio; asyncio uses uvloop when installed)",
+    )
+
+
+def _log_arguments(parser: argparse.ArgumentParser, *, dev: bool) -> None:
+    """The request log (docs/logs.md): always on in `flux dev`, opt-in in `flux serve`."""
+    if not dev:
+        parser.add_argument(
+            "--log-requests", action="store_true", help="print a line per request (stdout)"
+        )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="request lines as text (default) or one JSON object per line"
+        + ("" if dev else " (implies --log-requests)"),
     )
 
 
@@ -173,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "logs": commands.logs,
+        "dashboard": commands.dashboard,
     }[args.command]
     return handler(project_dir, args)
 

@@ -6,7 +6,9 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
+from .console import warn
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
@@ -62,7 +64,7 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
         for spec in deployment.functions:
             problem = runtime_problem(spec.runtime)
             if problem:
-                print(f"warning: function {spec.name}: {problem}", file=sys.stderr)
+                warn(f"function {spec.name}: {problem}")
 
 
 def _deploy_and_print(state: StateDir) -> None:
@@ -97,14 +99,16 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tracing=not args.no_tracing,
+        log_requests=args.log_requests or args.log_format is not None,
+        log_format=args.log_format or "text",
         loop=args.loop,
         pool=pool_options(args),
+        **dashboard_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
-        print(
-            "warning: nothing is deployed yet, every route answers 404: run 'flux deploy' "
-            "(the gateway picks it up without a restart)",
-            file=sys.stderr,
+        warn(
+            "nothing is deployed yet, every route answers 404: run 'flux deploy' "
+            "(the gateway picks it up without a restart)"
         )
     return run_server(config)
 
@@ -122,6 +126,23 @@ def pool_options(args: argparse.Namespace) -> PoolOptions:
         raise FluxError(str(exc)) from None
 
 
+def dashboard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields from `--dashboard-port`, `--no-dashboard`."""
+    port = args.dashboard_port
+    if port is not None and not 0 <= port <= 65535:
+        raise FluxError(f"--dashboard-port {port}: must be 0-65535")
+    return {"dashboard": not args.no_dashboard, "dashboard_port": port}
+
+
+def dashboard(project_dir: Path, args: argparse.Namespace) -> int:
+    from .admin.handoff import mint_login
+
+    if not 0 < args.ttl <= 86400:
+        raise FluxError("--ttl must be between 0 and 86400 seconds")
+    print(mint_login(StateDir(project_dir), args.ttl), flush=True)
+    return 0
+
+
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
@@ -131,8 +152,10 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         dev=True,
+        log_format=args.log_format or "text",
         loop=args.loop,
         pool=pool_options(args),
+        **dashboard_options(args),
     )
     return run_server(config)
 
@@ -141,7 +164,7 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
     state = StateDir(project_dir)
     if args.key_command == "create":
         settings = load_settings(state, create=True)
-        _check_functions_exist(state, args.functions)
+        check_functions_exist(state, args.functions)
         key = create_key(
             state,
             settings.project_id,
@@ -179,7 +202,7 @@ def api_keys(project_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_functions_exist(state: StateDir, names: list[str]) -> None:
+def check_functions_exist(state: StateDir, names: list[str]) -> None:
     if not names:
         return
     known = {spec.name for spec in load_deployment(state).functions}
@@ -250,3 +273,9 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     else:
         print(render_trace(record))
     return 0
+
+
+def logs(project_dir: Path, args: argparse.Namespace) -> int:
+    from .logs import run_logs
+
+    return run_logs(StateDir(project_dir), args)

@@ -8,13 +8,13 @@ validate prints its one-line error and the last good deployment stays live.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import anyio
 import anyio.abc
 import watchfiles
 
+from .console import error, say
 from .deploy import deploy
 from .errors import FluxError
 from .gateway import Gateway
@@ -43,18 +43,9 @@ async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: anyio.
         try:
             deployment = await anyio.to_thread.run_sync(deploy, state)
         except FluxError as exc:
-            print(
-                f"flux dev: change not deployed, still serving the last good version: "
-                f"{exc.message}",
-                file=sys.stderr,
-                flush=True,
-            )
+            error(f"change not deployed, still serving the last good version: {exc.message}")
             continue
         await gateway.reload_now()
         took = (time.perf_counter() - started) * 1000
         names = sorted({p.split("/functions/", 1)[-1].split("/", 1)[0] for _, p in changes})
-        print(
-            f"flux dev: redeployed version {deployment.version} ({', '.join(names)}) "
-            f"in {took:.0f} ms",
-            flush=True,
-        )
+        say(f"redeployed version {deployment.version} ({', '.join(names)}) in {took:.0f} ms")

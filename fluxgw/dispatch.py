@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 
+from .admin.security import without_session_cookies
 from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
 from .runtime.api import Invocation
@@ -40,6 +41,9 @@ def build_invocation(
     if query:
         url += "?" + query
     forwarded = [(name, value) for name, value in headers.items() if name not in NOT_FORWARDED]
+    if "cookie" in headers:  # the dashboard's session cookie never reaches a function
+        forwarded = [(n, without_session_cookies(v) if n == "cookie" else v) for n, v in forwarded]
+        forwarded = [(n, v) for n, v in forwarded if v or n != "cookie"]
     forwarded += [("x-request-id", request_id), ("traceparent", traceparent)]
     return Invocation(
         request_id=request_id,

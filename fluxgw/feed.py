@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .runtime.api import FunctionFailed, LogLine
 
 if TYPE_CHECKING:
+    from .exchange import Exchange
     from .jobs import QueueEvent
 
 __all__ = [
@@ -72,22 +73,7 @@ class RequestEvent:
     kind = "request"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "time": self.at,
-            "request_id": self.request_id,
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "duration_ms": round(self.duration_ms, 3),
-            "function": self.function,
-            "start": self.start,
-            "principal": self.principal,
-            "error": self.error,
-            "message": self.message,
-            "queued": self.queued,
-            "logs": [_log_json(line) for line in self.logs],
-        }
+        return _event_json(self)
 
 
 @attrs.frozen(slots=True)
@@ -111,21 +97,7 @@ class JobEvent:
     kind = "job"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "time": self.at,
-            "request_id": self.request_id,
-            "function": self.function,
-            "event": self.event,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "status": self.status,
-            "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
-            "start": self.start,
-            "error": self.error,
-            "retry_in_s": self.retry_in_s,
-            "logs": [_log_json(line) for line in self.logs],
-        }
+        return _event_json(self)
 
 
 @attrs.frozen(slots=True)
@@ -141,6 +113,17 @@ class Dropped:
 
 
 FeedItem = RequestEvent | JobEvent | Dropped
+
+
+def _event_json(event: RequestEvent | JobEvent) -> dict[str, Any]:
+    """Its fields; ``time`` (and each output line's) in epoch seconds (the dashboard's
+    contract; the request log's JSON lines add an ISO 8601 form)."""
+    data = attrs.asdict(event, recurse=False)
+    at = data.pop("at")
+    data["logs"] = [_log_json(line) for line in event.logs]
+    if data["duration_ms"] is not None:
+        data["duration_ms"] = round(data["duration_ms"], 3)
+    return {"type": event.kind, "time": at, **data}
 
 
 def _log_json(line: LogLine) -> dict[str, Any]:
@@ -254,11 +237,11 @@ def request_event(
     (the gateway span's attributes give the error code and whether it was queued)."""
     spans = list(spans)
     error = gateway_span.get("error")
-    if error is None:
-        for span in spans:
-            if span.name == "function" and span.attributes.get("error"):
-                error = span.attributes["error"]
-                message = message or span.attributes.get("message")
+    for span in spans:  # a failed call: its span has the code and message (stored traces)
+        if span.name == "function" and span.attributes.get("error"):
+            error = error or span.attributes["error"]
+            told = span.attributes.get("message")
+            message = message or (told if isinstance(told, str) else None)
     return RequestEvent(
         at=at,
         request_id=request_id,
@@ -273,6 +256,24 @@ def request_event(
         message=message,
         logs=logs,
         queued=bool(gateway_span.get("queued")),
+    )
+
+
+def exchange_event(ex: Exchange, status: int, duration_ms: float) -> RequestEvent:
+    """The live event of one answered request, from what the pipeline learnt about it."""
+    return request_event(
+        at=ex.started,
+        request_id=ex.request_id,
+        method=ex.method,
+        path=ex.path,
+        status=status,
+        duration_ms=duration_ms,
+        function=ex.function,
+        principal=ex.key_name,
+        gateway_span=ex.span,
+        spans=ex.extra_spans,
+        logs=ex.logs,
+        message=ex.message,
     )
 
 

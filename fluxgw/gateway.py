@@ -26,7 +26,7 @@ from .dispatch import build_invocation, function_headers
 from .endpoints import Endpoints
 from .errors import HttpError, StateError
 from .exchange import Exchange
-from .feed import RequestFeed, job_event, request_event
+from .feed import RequestFeed, exchange_event, job_event
 from .httpio import (
     JSON,
     MAX_BODY,
@@ -35,6 +35,7 @@ from .httpio import (
     Receive,
     Scope,
     Send,
+    answer_lifespan,
     decode_headers,
     error_body,
     read_body,
@@ -199,14 +200,7 @@ class Gateway:
         # websockets are not served: hypercorn answers the handshake with 500 if we return
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        # Returning at once on lifespan crashes hypercorn's trio worker: acknowledge both.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(
@@ -236,11 +230,17 @@ class Gateway:
                 ex.span["error"] = "internal_error"
             headers = self._finish(ex, status, headers)
             if ex.stream is None:
+                if self.feed.active:  # before the answer leaves: an async job's events follow
+                    duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                    self.feed.publish(exchange_event(ex, status, duration_ms))
                 await send_response(send, status, headers, body)
             else:
                 await send_stream(send, receive, status, headers, ex.stream)
-        if ex.stream is not None:
+        if ex.stream is not None:  # published once the stream ended, with how it ended
             self._stream_spans(ex)
+            if self.feed.active:
+                duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                self.feed.publish(exchange_event(ex, status, duration_ms))
         self._record(ex, status)
 
     async def _pipeline(self, ex: Exchange, scope: Scope, receive: Receive) -> Answer:
@@ -410,28 +410,8 @@ class Gateway:
     def _record(self, ex: Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - ex.started_perf) * 1000
         self.metrics.observe_request(ex.function, status, duration_ms / 1000)
-        if self.feed.active:
-            self._publish(ex, status, duration_ms)
         if self.traces.enabled:
             self.traces.record(request_trace(ex, status, duration_ms))
-
-    def _publish(self, ex: Exchange, status: int, duration_ms: float) -> None:
-        self.feed.publish(
-            request_event(
-                at=ex.started,
-                request_id=ex.request_id,
-                method=ex.method,
-                path=ex.path,
-                status=status,
-                duration_ms=duration_ms,
-                function=ex.function,
-                principal=ex.key_name,
-                gateway_span=ex.span,
-                spans=ex.extra_spans,
-                logs=ex.logs,
-                message=ex.message,
-            )
-        )
 
     # -- async invocations -------------------------------------------------------------------
     async def _invoke_queued(self, function: str, invocation: Invocation) -> InvocationResult:

@@ -106,3 +106,15 @@ async def send_response(send: Send, status: int, headers: Headers, body: bytes) 
     raw.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge an ASGI lifespan's startup and shutdown (returning at once on lifespan
+    crashes hypercorn's trio worker)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -12,6 +12,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .timeseries import RequestSeries
 
 # Request latency buckets in seconds: 5 ms (a warm python worker) up to 10 s; the top bucket
 # sits below the 30 s function timeout so slow-but-successful calls are still told apart
@@ -77,6 +80,7 @@ class Metrics:
         self._requests: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._rate_limited = 0
+        self.series = RequestSeries()  # the dashboard's last 15 minutes, per second
 
     def observe_request(self, function: str | None, status: int, duration_s: float) -> None:
         """Count one answered request and its duration; ``function`` is None when the request
@@ -90,10 +94,28 @@ class Metrics:
         # bisect_left: an observation equal to a bound belongs to that bucket (le = "<=").
         histogram.counts[bisect.bisect_left(self._buckets, duration_s)] += 1
         histogram.sum += duration_s
+        self.series.observe(status, duration_s)
 
     def count_rate_limited(self) -> None:
         """Count one request refused with 429."""
         self._rate_limited += 1
+
+    def function_summary(self) -> dict[str, dict[str, Any]]:
+        """Per function since start: requests, errors (5xx) and p50 in ms, interpolated in
+        its histogram bucket the way Prometheus' histogram_quantile does (the dashboard)."""
+        out: dict[str, dict[str, Any]] = {}
+        for (function, status), count in self._requests.items():
+            if not function:
+                continue
+            entry = out.setdefault(function, {"requests": 0, "errors": 0, "p50_ms": None})
+            entry["requests"] += count
+            if status >= 500:
+                entry["errors"] += count
+        for function, entry in out.items():
+            histogram = self._durations.get(function)
+            if histogram is not None:
+                entry["p50_ms"] = _quantile(self._buckets, histogram.counts, 0.5)
+        return out
 
     def render(
         self,
@@ -163,3 +185,18 @@ class Metrics:
         )
         out.append(f"flux_traces_dropped_total {trace_dropped}")
         return "\n".join(out) + "\n"
+
+
+def _quantile(bounds: tuple[float, ...], counts: list[int], fraction: float) -> float | None:
+    """Milliseconds under which ``fraction`` of the observations fall (linear within a bucket)."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank, running, lower = fraction * total, 0, 0.0
+    for index, count in enumerate(counts):
+        upper = bounds[index] if index < len(bounds) else bounds[-1]
+        if count and running + count >= rank:
+            return round((lower + (upper - lower) * (rank - running) / count) * 1000, 3)
+        running += count
+        lower = upper
+    return round(bounds[-1] * 1000, 3)

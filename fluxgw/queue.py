@@ -193,6 +193,21 @@ class JobQueue:
             conn.close()
         return job_from_row(row) if row is not None else None
 
+    def recent(self, limit: int) -> list[Job]:
+        """The ``limit`` newest jobs, newest first (the dashboard's jobs page); sync."""
+        if not self.db_path.exists():
+            return []
+        conn = sqlite3.connect(self.db_path)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            rows = conn.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        finally:
+            conn.close()
+        return [job_from_row(row) for row in rows]
+
     # -- dispatcher -----------------------------------------------------------------------
 
     async def run_dispatcher(

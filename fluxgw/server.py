@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import gc
 import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,8 @@ import attrs
 import sniffio
 from hypercorn.config import Config
 
+from .admin.handoff import withdraw_listener
+from .console import configure_logging, say
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
@@ -50,6 +52,10 @@ class ServerConfig:
     access_log: bool = False
     pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
+    dashboard: bool = True  # the admin listener (docs/dashboard.md)
+    dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
+    log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
+    log_format: str = "text"  # or "json": one object per line (docs/logs.md)
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -79,18 +85,16 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _hypercorn(
-    gateway: Gateway, config: Config, shutdown: Callable[[], Awaitable[Any]]
-) -> None:
+async def run_hypercorn(app: Any, config: Config, shutdown: Callable[[], Awaitable[Any]]) -> None:
     """hypercorn's worker for the running event loop: it has one per loop, not one on anyio."""
     if sniffio.current_async_library() == "trio":
         from hypercorn.trio import serve as trio_serve
 
-        await trio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await trio_serve(app, config, shutdown_trigger=shutdown)
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(gateway, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+        await asyncio_serve(app, config, shutdown_trigger=shutdown)
 
 
 async def serve_gateway(
@@ -111,7 +115,7 @@ async def serve_gateway(
     async with anyio.create_task_group() as background:
         await background.start(gateway.run)
         async with anyio.create_task_group() as http:
-            http.start_soon(_hypercorn, gateway, config, shutdown.wait)
+            http.start_soon(run_hypercorn, gateway, config, shutdown.wait)
             # The socket listens already: a client connecting now waits in its backlog.
             if on_ready:
                 on_ready(binds)
@@ -130,30 +134,42 @@ async def _main(config: ServerConfig) -> None:
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)
+    dashboard = None
+    if config.dashboard:
+        from .admin.serve import DashboardListener
+
+        dashboard = DashboardListener(gateway, state, config.dashboard_port)
     tune_garbage_collector()
     shutdown = anyio.Event()
+    logging_requests = config.dev or config.log_requests
 
     def ready(binds: list[str]) -> None:
         url = binds[0] if binds else f"http://{config.host}:{config.port}"
-        print(f"Flux gateway serving {config.project_dir} at {url}", flush=True)
+        if dashboard is not None:
+            say(dashboard.startup_line())
+        say(f"serving {config.project_dir} at {url}")
         if config.dev:
-            print(
-                f"Watching {config.project_dir / 'functions'}: saved changes are redeployed.",
-                flush=True,
-            )
-            print(
-                f"Get a key: flux --project {config.project_dir} api-keys create --name dev",
-                flush=True,
-            )
-            print(f"Then:      curl -H 'Authorization: Bearer KEY' {url}/ROUTE", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
+            say(f"watching {config.project_dir / 'functions'}: saved changes are redeployed")
+            say(f"get a key: flux --project {config.project_dir} api-keys create --name dev")
+            say(f"then: curl -H 'Authorization: Bearer KEY' {url}/ROUTE")
+        say("press Ctrl-C to stop" + ("; requests are logged below" if logging_requests else ""))
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_watch_signals, shutdown)
+        if logging_requests:
+            from .requestlog import print_requests
+
+            await tasks.start(
+                functools.partial(print_requests, gateway.feed, log_format=config.log_format)
+            )
         if config.dev:
             from .devreload import watch_and_redeploy
 
             tasks.start_soon(watch_and_redeploy, state, gateway, shutdown)
+        if dashboard is not None:
+            await tasks.start(dashboard.run, shutdown.wait)
+        else:
+            await anyio.to_thread.run_sync(withdraw_listener, state)
         await serve_gateway(
             gateway,
             config.host,
@@ -170,11 +186,7 @@ async def _watch_signals(shutdown: anyio.Event) -> None:
         async for signum in signals:
             if shutdown.is_set():
                 continue
-            print(
-                f"Stopping ({signal.Signals(signum).name}): finishing requests in flight...",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"stopping ({signal.Signals(signum).name}): finishing requests in flight")
             shutdown.set()
 
 
@@ -230,7 +242,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 
 
 def run_server(config: ServerConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(json_requests=config.log_format == "json")
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:
@@ -240,5 +252,5 @@ def run_server(config: ServerConfig) -> int:
     if failure is not None:
         where = f"{config.host}:{config.port}"
         raise FluxError(f"cannot listen on {where}: {failure.strerror or failure}")
-    print("Stopped.", file=sys.stderr, flush=True)
+    say("stopped")
     return 0

@@ -7,11 +7,13 @@ runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, 
 at 10 and 10,000 routes. Every figure is measured in the same run, so ratios compare like with
 like on a machine whose absolute speed drifts.
 
-Sections (``--only NAME[,NAME]``; default: all): ``core`` (everything above), ``concurrency``
-(benchlib/concurrency.py: many concurrent calls per runtime), ``streaming``
-(benchlib/streaming.py: a 100 MB stream through the gateway vs bare hypercorn).
+Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
+`dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
+and without --log-requests; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime;
+`streaming`: a 100 MB stream through the gateway vs bare hypercorn). `--only NAME[,NAME]` runs
+just those; without `core` the rows are printed (and written to --out only when it is given).
 
-Usage: scripts/bench [--quick] [--only SECTIONS] [--out FILE] [--json FILE] [--profile]
+Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import concurrency, devreload, inproc, profile, report, servers, streaming
+from benchlib import (
+    concurrency,
+    dashboard,
+    devreload,
+    inproc,
+    profile,
+    report,
+    servers,
+    streaming,
+    termlog,
+)
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -34,7 +46,13 @@ from fluxgw.runtime.discovery import find_runtime
 REPO = servers.REPO
 RUNTIMES = ("python", "node", "deno")
 CONNECTIONS = (1, 32)
-SECTIONS = ("core", "concurrency", "streaming")
+# Extra sections: name -> measure(settings, work_dir, log) -> summary rows.
+SECTIONS = {
+    "dashboard": dashboard.measure,
+    "termlog": termlog.measure,
+    "concurrency": concurrency.section,  # many concurrent calls per runtime (issue 12)
+    "streaming": streaming.section,  # a 100 MB stream vs bare hypercorn (issue 15)
+}
 
 
 class Settings:
@@ -483,21 +501,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
     parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run only these sections: core, {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the gateway with py-spy in an extra python c=32 run",
     )
-    parser.add_argument(
-        "--only",
-        metavar="NAME[,NAME]",
-        help=f"run only these sections ({', '.join(SECTIONS)}; default: all)",
-    )
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw_argv)
-    selected = SECTIONS if not args.only else tuple(n.strip() for n in args.only.split(","))
-    unknown = [name for name in selected if name not in SECTIONS]
+    only = set(args.only.split(",")) if args.only else {"core", *SECTIONS}
+    unknown = only - {"core", *SECTIONS}
     if unknown:
-        parser.error(f"unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+        parser.error(f"--only: unknown section {sorted(unknown)[0]!r}")
     s = Settings(args.quick)
     started = time.monotonic()
     try:
@@ -505,6 +523,23 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log(str(exc))
         return 2
+    extra_rows: list[list[str]] = []
+    work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
+    try:
+        for name, section in SECTIONS.items():
+            if name in only:
+                log(f"section {name}")
+                extra_rows += section(s, work / name, log)
+    except servers.BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "core" not in only:
+        print(report.text_table(SUMMARY_HEADER, extra_rows))
+        if "--out" in raw_argv or any(a.startswith("--out=") for a in raw_argv):
+            args.out.write_text(report.md_table(SUMMARY_HEADER, extra_rows) + "\n")
+        return 0
     available = [rt for rt in RUNTIMES if find_runtime(rt)]
     for rt in RUNTIMES:
         if rt not in available:
@@ -515,12 +550,6 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"date": report.now_utc(), "load_before": os.getloadavg()[0]}
     results["machine"] = report.machine(find_runtime("node"), find_runtime("deno"), wrk_version())
-    extra = extra_sections(s, selected, available)
-    if "core" not in selected:
-        for title, header, table in extra:
-            print(f"\n{title}\n" + report.text_table(header, table))
-        log(f"sections {', '.join(selected)} in {time.monotonic() - started:.0f} s")
-        return 0
     log("in process: rate limiter, KeyStore memory, route lookup")
     results["limiter"] = inproc.limiter_decisions_per_second(s.decisions, keys=2_000)
     results["keystore"] = inproc.keystore_rss(s.keys)
@@ -556,12 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = os.getloadavg()[0]
 
     rows, detail, notes = build(s, results)
+    rows += extra_rows
     kept = report.kept_notes(args.out)
-    text = markdown(s, results, rows, detail, notes, kept, raw_argv)
-    for title, header, table in extra:
-        text += f"\n## {title}\n\n" + report.md_table(header, table) + "\n"
-        print(f"\n{title}\n" + report.text_table(header, table))
-    args.out.write_text(text)
+    args.out.write_text(markdown(s, results, rows, detail, notes, kept, raw_argv))
     if args.json:
         args.json.write_text(json.dumps(results, default=_jsonable, indent=2))
     print(report.text_table(SUMMARY_HEADER, rows))
@@ -571,26 +597,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     log(f"wrote {args.out} in {results['elapsed_s']:.0f} s")
     return 0
-
-
-def extra_sections(
-    s: Settings, selected: tuple[str, ...], available: list[str]
-) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The sections of their own modules: (title, header, rows) each."""
-    out: list[tuple[str, list[str], list[list[str]]]] = []
-    work = Path(tempfile.mkdtemp(prefix="flux-bench-sections-"))
-    try:
-        if "concurrency" in selected:
-            log("concurrency: 100 / 1,000 concurrent 1 s calls per runtime, c=32 throughput")
-            figures = concurrency.measure(work, available, s.quick, s.seconds)
-            out.append(("Concurrency (issue 12)", *concurrency.rows(figures)))
-        if "streaming" in selected:
-            log("streaming: a 100 MB stream per runtime vs bare hypercorn")
-            figures = streaming.measure(work, available, s.quick)
-            out.append(("Streaming (issue 15)", *streaming.rows(figures)))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -167,4 +167,4 @@ def gateway_server(
     argv = [FLUX, "--project", str(project), "serve", "--port", str(port)]
     if not tracing:
         argv.append("--no-tracing")
-    return Server(name, argv, "Flux gateway serving", log_dir)
+    return Server(name, argv, "flux: serving", log_dir)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+
+from fluxgw.runtime.discovery import find_runtime
 
 from . import servers
 
@@ -97,23 +100,23 @@ def measure(work: Path, runtimes: list[str], quick: bool) -> dict[str, Any]:
     return out
 
 
-def rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["row", "result", "target"]
+def section(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
+    """Summary rows [figure, measured, target, met?] for scripts/bench's ``streaming``."""
+    runtimes = [rt for rt in ("python", "node", "deno") if find_runtime(rt)]
+    results = measure(work, runtimes, s.quick)
     bare = results["bare"]
-    table = [
-        [
-            f"bare hypercorn, {results['mb']} MB stream",
-            f"{bare['mb_per_s']:.0f} MB/s, first byte {bare['ttfb_ms']:.1f} ms",
-            "(the ceiling)",
-        ]
-    ]
+    log(f"streaming: bare hypercorn {bare['mb_per_s']:.0f} MB/s")
+    table: list[list[str]] = []
     for runtime, r in results["gateway"].items():
+        flat = r["rss_growth_mib"] < 10
         table.append(
             [
-                f"gateway -> {runtime}, {results['mb']} MB stream",
-                f"{r['mb_per_s']:.0f} MB/s ({r['mb_per_s'] / bare['mb_per_s']:.2f} of bare),"
-                f" first byte {r['ttfb_ms']:.1f} ms, gateway RSS +{r['rss_growth_mib']:.1f} MiB",
-                "RSS flat",
+                f"{results['mb']} MB stream through the gateway, {runtime}",
+                f"{r['mb_per_s'] / bare['mb_per_s']:.2f} of bare hypercorn ({r['mb_per_s']:.0f} vs"
+                f" {bare['mb_per_s']:.0f} MB/s); first byte {r['ttfb_ms']:.1f} ms (bare"
+                f" {bare['ttfb_ms']:.1f}); gateway RSS +{r['rss_growth_mib']:.1f} MiB",
+                "gateway RSS flat (< +10 MiB)",
+                "yes" if flat else "no",
             ]
         )
-    return header, table
+    return table

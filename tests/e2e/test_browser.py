@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import flux, serve, write_function
+from conftest import PageServer, flux, serve, write_function
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -49,42 +47,6 @@ async function probe(url, options) {
   await fetch("/report", {method: "POST", body: JSON.stringify(results)});
 })();
 </script>"""
-
-
-class PageServer:
-    """Serves the page and collects the report, on its own loopback origin."""
-
-    def __init__(self, page: str) -> None:
-        self.reports: list[dict] = []
-        self.arrived = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = page.encode()
-                self.send_response(200)
-                self.send_header("content-type", "text/html")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                outer.reports.append(json.loads(self.rfile.read(length)))
-                outer.arrived.set()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def visit(url: str, profile: Path, page: PageServer) -> dict:

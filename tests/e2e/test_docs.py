@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import flux
+from conftest import flux, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -124,3 +124,38 @@ def test_testing_page_examples_pass(tmp_path: Path) -> None:
     result = shell(command, project, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
+
+
+def normalise_terminal(text: str, project: str, port: str) -> list[str]:
+    """A `flux dev` terminal with what changes from run to run made constant: times, request
+    ids, durations, the project folder, the port, the deployment version, warm/cold."""
+    text = text.replace(project, "/home/ada/shop").replace(f"127.0.0.1:{port}", "127.0.0.1:4000")
+    text = re.sub(r"(?m)^\d\d:\d\d:\d\d\.\d{3}  [0-9a-f]{8}  ", "HH:MM:SS.mmm  ID  ", text)
+    text = re.sub(r"\d+(\.\d+)? (ms|s)\b", "N ms", text)
+    text = re.sub(r"version \d+", "version N", text)
+    text = re.sub(r"Dashboard: http://127.0.0.1:\d+/login\?token=\S+", "Dashboard: URL", text)
+    text = re.sub(r" (warm|cold)$", " warm", text, flags=re.M)
+    return text.splitlines()
+
+
+def test_readme_shows_the_flux_dev_terminal_as_it_is(tmp_path: Path) -> None:
+    (shown,) = blocks(ROOT / "README.md", "text", "Tutorial")
+    project = tmp_path / "shop"
+    flux(None, "init", str(project))
+    key = flux(project, "api-keys", "create", "--name", "laptop").stdout.strip()
+    with serve(project, command="dev") as gw:
+        deadline = time.monotonic() + 30
+        auth = {"authorization": f"Bearer {key}"}
+        with httpx.Client(
+            base_url=gw.url, headers=auth, timeout=30
+        ) as client:  # as in the tutorial
+            assert client.get("/hello/python", params={"name": "Ada"}).status_code == 200
+            assert client.post("/hello/node", json={"name": "Bob"}).status_code == 200
+            assert client.get("/hello/deno", params={"name": "Eve"}).status_code == 200
+        while "greeting Eve" not in "".join(gw.output):
+            assert time.monotonic() < deadline, "".join(gw.output)
+            time.sleep(0.05)
+    port = gw.url.rsplit(":", 1)[1]
+    real = normalise_terminal("".join(gw.output), str(project), port)
+    expected = normalise_terminal(shown, "/home/ada/shop", "4000")
+    assert real[: len(expected)] == expected

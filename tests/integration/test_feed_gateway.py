@@ -13,6 +13,8 @@ from fluxgw.testing import open_gateway
 
 pytestmark = BOTH_LOOPS
 
+pytestmark = BOTH_LOOPS
+
 PRINTS = "def handler(request, ctx):\n    print('marker-feed')\n    return {'ok': True}\n"
 FAILS = "def handler(request, ctx):\n    raise RuntimeError('boom-feed')\n"
 

@@ -184,6 +184,7 @@ def test_request_event_from_trace_parts_has_no_secret_and_serialises():
     assert json.loads(json.dumps(data)) == data
     assert data["principal"] == "laptop"
     assert data["logs"] == [{"time": 1000.5, "stream": "stdout", "text": "marker"}]
+    assert data["time"] == 1000.0
 
 
 def test_request_event_takes_the_error_of_a_refusal_or_a_failed_function():
