@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
+    for parser_ in (dev, serve):
+        parser_.add_argument(
+            "--no-sandbox",
+            action="store_true",
+            help="run workers without the bubblewrap sandbox (docs/sandbox.md; prints a warning)",
+        )
+
+    from .secretcmd import add_secrets_parser
+
+    add_secrets_parser(commands)
 
     dashboard = commands.add_parser(
         "dashboard", help="print a fresh login URL for the running gateway's dashboard"
@@ -89,8 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
+    _jwt_arguments(update)
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")
+
+    jwt = commands.add_parser("jwt", help="user tokens for development (docs/auth.md)")
+    jwt_commands = jwt.add_subparsers(dest="jwt_command", required=True, metavar="ACTION")
+    mint = jwt_commands.add_parser("mint", help="print a token signed with the project secret")
+    mint.add_argument("--sub", required=True, help="the token's subject (user id)")
+    mint.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    mint.add_argument("--claim", action="append", default=[], dest="claims", metavar="NAME=VALUE")
 
     trace = commands.add_parser("trace", help="show a request's trace")
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
@@ -101,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs_arguments(commands.add_parser("logs", help="recent requests and their output"))
     return parser
+
+
+def _jwt_arguments(parser: argparse.ArgumentParser) -> None:
+    """`flux project update`'s user-token settings (docs/auth.md)."""
+    group = parser.add_argument_group("user tokens (JWT)")
+    group.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' ('' to unset)")
+    group.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' ('' to unset)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--jwt-jwks-url", metavar="URL", help="the provider's key set")
+    source.add_argument("--jwt-jwks-file", metavar="FILE", help="a key set, copied in")
+    source.add_argument(
+        "--jwt-secret-stdin", action="store_true", help="an HS256 secret, read from stdin"
+    )
+    source.add_argument("--jwt-clear", action="store_true", help="take no user tokens")
 
 
 def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,10 +250,18 @@ def run(args: argparse.Namespace) -> int:
         "api-keys": commands.api_keys,
         "project": commands.project,
         "trace": commands.trace,
+        "jwt": commands.jwt,
         "logs": commands.logs,
         "dashboard": commands.dashboard,
+        "secrets": _secrets,
     }[args.command]
     return handler(project_dir, args)
+
+
+def _secrets(project_dir: Path, args: argparse.Namespace) -> int:
+    from .secretcmd import secrets_command
+
+    return secrets_command(project_dir, args)
 
 
 def _project(args: argparse.Namespace) -> Path:

@@ -67,11 +67,15 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
                 warn(f"function {spec.name}: {problem}")
 
 
-def _deploy_and_print(state: StateDir) -> None:
+def _deploy_and_print(state: StateDir, dotenv: Path | None = None) -> None:
     load_settings(state, create=True)
-    deployment = deploy_functions(state)
+    deployment = deploy_functions(state, dotenv=dotenv)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
+    from .auth.commands import deploy_warnings
+
+    for warning in deploy_warnings(state, deployment.functions):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def deploy(project_dir: Path, args: argparse.Namespace) -> int:
@@ -102,6 +106,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         log_requests=args.log_requests or args.log_format is not None,
         log_format=args.log_format or "text",
         loop=args.loop,
+        sandbox=not args.no_sandbox,
         pool=pool_options(args),
         **dashboard_options(args),
     )
@@ -146,7 +151,8 @@ def dashboard(project_dir: Path, args: argparse.Namespace) -> int:
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
-    _deploy_and_print(StateDir(project_dir))
+    dotenv = project_dir / "functions" / ".env"  # local secrets, over the stored ones
+    _deploy_and_print(StateDir(project_dir), dotenv)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
@@ -154,6 +160,8 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         dev=True,
         log_format=args.log_format or "text",
         loop=args.loop,
+        sandbox=not args.no_sandbox,
+        dotenv=dotenv,
         pool=pool_options(args),
         **dashboard_options(args),
     )
@@ -214,26 +222,44 @@ def check_functions_exist(state: StateDir, names: list[str]) -> None:
 
 
 def project(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
     state = StateDir(project_dir)
     if args.project_command == "update":
-        if args.plan is None and args.cors_origins is None:
-            raise FluxError("nothing to update: pass --plan and/or --cors-origin")
-        settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        tokens = auth_commands.wants_update(args)
+        if args.plan is None and args.cors_origins is None and not tokens:
+            raise FluxError("nothing to update: pass --plan, --cors-origin or --jwt-...")
+        if tokens:
+            auth_commands.update(state, args)
+        if args.plan is not None or args.cors_origins is not None:
+            settings = update_settings(state, plan=args.plan, cors_origins=args.cors_origins)
+        else:
+            settings = load_settings(state, create=True)
     else:
         settings = load_settings(state, create=True)
     plan = PLANS[settings.plan]
+    tokens_shown = auth_commands.describe(state)
     if getattr(args, "json", False):
         print_json(
             {
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
+                "jwt": tokens_shown,
             }
         )
         return 0
     print(f"plan:        {plan.name} ({plan.rate_per_minute}/min sustained, burst {plan.burst})")
     origins = ", ".join(settings.cors_origins) or "(none: any origin may call)"
     print(f"cors origins: {origins}")
+    for line in auth_commands.show_lines(tokens_shown):
+        print(line)
     return 0
+
+
+def jwt(project_dir: Path, args: argparse.Namespace) -> int:
+    from .auth import commands as auth_commands
+
+    return auth_commands.mint(project_dir, args)
 
 
 def trace(project_dir: Path, args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""CORS decisions (SPEC §4.4), pure: headers in, headers and a short trace text out.
+"""CORS decisions (docs/reference.md#cors), pure: headers in, headers and a short trace text out.
 
 Policy:
 
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-EXPOSE_HEADERS = "x-request-id, Retry-After, RateLimit, RateLimit-Policy"
+EXPOSE_HEADERS = "x-request-id, Retry-After, RateLimit, RateLimit-Policy, WWW-Authenticate"
 BASE_ALLOW_HEADERS = ("authorization", "content-type")
 MAX_AGE = "600"  # seconds; browsers cap it anyway (Chromium: 7200), short enough for policy edits
 SAFE_METHODS = frozenset({"GET", "HEAD"})

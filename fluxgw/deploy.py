@@ -12,16 +12,19 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from .errors import StateError
 from .project import FunctionSpec, load_functions
+from .secretstore import check_declared, current_secrets
 from .state import StateDir, fsync_dir
 
 KEEP_DEPLOYMENTS = 3  # old snapshots kept so workers draining them still find their files
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".DS_Store")
+# .env: `flux dev`'s local secrets (functions/.env) never go into a snapshot.
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".DS_Store", ".env")
 
 
 @attrs.frozen
@@ -57,10 +60,13 @@ def load_deployment(state: StateDir) -> Deployment:
         ) from None
 
 
-def deploy(state: StateDir) -> Deployment:
-    """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch."""
+def deploy(state: StateDir, *, dotenv: Path | None = None) -> Deployment:
+    """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch.
+
+    A function naming a secret that is not stored (nor in ``dotenv``, `flux dev`) is refused."""
     project_dir = state.project_dir
     specs = load_functions(project_dir)  # validation first: a refused deploy writes nothing
+    check_declared(specs, current_secrets(state, dotenv), dev_env=dotenv)
     state.ensure()
     with state.lock():
         current = load_deployment(state)

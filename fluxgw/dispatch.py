@@ -6,14 +6,18 @@ from __future__ import annotations
 import urllib.parse
 
 from .admin.security import without_session_cookies
+from .auth.principal import JWT, Principal
 from .httpio import HOP_BY_HOP, Headers, Scope
 from .project import FunctionSpec
 from .runtime.api import Invocation
 from .tracing import new_traceparent
 
-# Never forwarded from the caller: the key never reaches a function, and the gateway's own
-# request id and trace context replace whatever the client sent.
+# Never forwarded from the caller: the key never reaches a function (a verified user token
+# does: see build_invocation), and the gateway's own request id and trace context replace
+# whatever the client sent.
 NOT_FORWARDED = frozenset({"authorization", "x-request-id", "traceparent", "tracestate"})
+# Headers a client could forge to pass for the gateway's own: always dropped.
+GATEWAY_PREFIX = "x-flux-"
 # Owned by the gateway on every answer: a function cannot widen the project's CORS policy
 # (an `Access-Control-Allow-Origin: *` of its own would bypass the allowlist, and two values
 # make browsers refuse the answer) nor contradict the rate-limit fields.
@@ -30,6 +34,7 @@ def build_invocation(
     spec: FunctionSpec,
     body: bytes,
     now: float,
+    principal: Principal | None = None,
 ) -> Invocation:
     """The invocation for ``spec``: full URL, filtered headers, a fresh W3C traceparent that
     continues the caller's trace (if it sent one), and the function's deadline: ``now`` (epoch
@@ -40,10 +45,17 @@ def build_invocation(
     url = f"{scope.get('scheme', 'http')}://{host}{urllib.parse.quote(path)}"
     if query:
         url += "?" + query
-    forwarded = [(name, value) for name, value in headers.items() if name not in NOT_FORWARDED]
+    forwarded = [
+        (name, value)
+        for name, value in headers.items()
+        if name not in NOT_FORWARDED and not name.startswith(GATEWAY_PREFIX)
+    ]
     if "cookie" in headers:  # the dashboard's session cookie never reaches a function
         forwarded = [(n, without_session_cookies(v) if n == "cookie" else v) for n, v in forwarded]
         forwarded = [(n, v) for n, v in forwarded if v or n != "cookie"]
+    if principal is not None and principal.kind == JWT and "authorization" in headers:
+        # the user's token, so the function can call other services on the user's behalf
+        forwarded.append(("authorization", headers["authorization"]))
     forwarded += [("x-request-id", request_id), ("traceparent", traceparent)]
     return Invocation(
         request_id=request_id,
@@ -57,6 +69,7 @@ def build_invocation(
         deadline=now + spec.timeout,
         traceparent=traceparent,
         trace_id=trace_id,
+        auth=principal.context() if principal is not None else None,
     )
 
 

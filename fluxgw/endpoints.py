@@ -29,11 +29,13 @@ INVOCATIONS = "/_flux/invocations/"
 PROMETHEUS = ("content-type", "text/plain; version=0.0.4; charset=utf-8")
 
 
-def health(live: LiveState) -> Answer:
+def health(live: LiveState, sandbox: str) -> Answer:
+    """``sandbox``: how workers are isolated (docs/sandbox.md), said where monitoring looks."""
     payload = {
         "status": "ok",
         "deployment": live.deployment.version,
         "functions": len(live.deployment.functions),
+        "sandbox": sandbox,
     }
     return Answer(200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload))
 

@@ -1,7 +1,8 @@
 """One exception type per user-facing failure, each carrying the text a user should read.
 
 The CLI turns a :class:`FluxError` into one stderr line and exit code 1; the gateway turns an
-:class:`HttpError` into SPEC §4.2's JSON body.
+:class:`HttpError` into the JSON error body
+(docs/reference.md#status-codes).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ProjectNotFound(FluxError):
 
 
 class HttpError(Exception):
-    """An answer the gateway gives instead of calling a function (SPEC §4.2)."""
+    """An answer the gateway gives instead of calling a function
+    (docs/reference.md#status-codes)."""
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .auth.principal import Principal
 from .httpio import Headers
 from .live import LiveState
 from .runtime.api import FunctionFailed, InvocationResult, LogLine
@@ -30,7 +31,8 @@ class Exchange:
     live: LiveState  # the state this request is served with, start to end
     preflight: bool = False  # answered as a CORS preflight (it gets no other CORS headers)
     queued: bool = False  # an async function's request, answered 202 once queued
-    key_name: str | None = None  # who called, once authenticated
+    key_name: str | None = None  # the API key's name, when a key called
+    principal: Principal | None = None  # who called (key or user token), once authenticated
     function: str | None = None  # the routed function
     rate_headers: Headers = attrs.Factory(list)
     span: dict[str, Any] = attrs.Factory(dict)  # attributes of the gateway span (trace only)

@@ -64,7 +64,7 @@ class RequestEvent:
     duration_ms: float
     function: str | None = None
     start: str | None = None  # "cold" or "warm" when a worker ran it
-    principal: str | None = None  # the API key's name (never the key itself)
+    principal: str | None = None  # the key's name or the token's subject (never the credential)
     error: str | None = None  # the error code of an error answer ("rate_limited", ...)
     message: str | None = None  # the error's human text, as sent to the client
     logs: tuple[LogLine, ...] = attrs.field(default=(), converter=_logs)
@@ -269,7 +269,7 @@ def exchange_event(ex: Exchange, status: int, duration_ms: float) -> RequestEven
         status=status,
         duration_ms=duration_ms,
         function=ex.function,
-        principal=ex.key_name,
+        principal=ex.principal.name if ex.principal is not None else None,
         gateway_span=ex.span,
         spans=ex.extra_spans,
         logs=ex.logs,

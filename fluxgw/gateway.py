@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -22,6 +23,8 @@ import attrs
 import orjson
 
 from . import cors, endpoints
+from .auth.principal import Principal
+from .auth.step import authenticate, check_credential, check_scope
 from .dispatch import build_invocation, function_headers
 from .endpoints import Endpoints
 from .errors import HttpError, StateError
@@ -42,15 +45,17 @@ from .httpio import (
     send_response,
 )
 from .jobs import QueueEvent
-from .keys import KeyRecord
 from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
 from .queue import JobQueue, QueueUnavailable, UnknownFunction
 from .ratelimit import GcraLimiter, policy_header, ratelimit_header
+from .redact import LogRedactionFilter
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.options import PoolOptions
 from .runtime.pool import PoolManager
+from .runtime.sandbox import Launcher, detect_sandbox
+from .secretstore import affected_functions
 from .state import StateDir
 from .streaming import send_stream
 from .tracestore import TraceStore
@@ -60,6 +65,8 @@ log = logging.getLogger("fluxgw.gateway")
 
 RELOAD_INTERVAL = 0.2  # s between stat checks of .flux/: a change is live within 1 s
 SAVE_INTERVAL = 2.0  # s between saves of limiter state and key last-used times
+# Loggers that can carry a function's output or error text: redacted like traces.
+REDACTED_LOGGERS = ("fluxgw.runtime", "fluxgw.gateway", "fluxgw.queue")
 
 
 @attrs.define
@@ -70,6 +77,8 @@ class GatewayOptions:
     pool: PoolOptions = attrs.Factory(PoolOptions)
     tracing: bool = True
     max_body: int = MAX_BODY
+    sandbox: bool = True  # run workers under bubblewrap when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env over the stored secrets
 
 
 class Gateway:
@@ -81,8 +90,10 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
-        self.pool = PoolManager(self.options.pool, wall_clock=self.clock)
-        self.loader = LiveLoader(state)
+        # Workers get their declared env and secrets, inside the sandbox (detected in load()).
+        self.launcher = Launcher(variables=self._function_env)
+        self.pool = PoolManager(self.options.pool, wall_clock=self.clock, launcher=self.launcher)
+        self.loader = LiveLoader(state, self.clock, dotenv=self.options.dotenv)
         self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
         self.queue = JobQueue(state.queue_db)
         self.metrics = Metrics()
@@ -97,6 +108,8 @@ class Gateway:
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
         self._live = self.loader.load()
+        if not self.launcher.sandbox.enabled:
+            self.launcher.sandbox = detect_sandbox(self.options.sandbox)
         saved = self.state.read_json(self.state.ratelimit_file, default={})
         if isinstance(saved, dict):
             self.limiter.restore({k: float(v) for k, v in saved.items()})
@@ -112,11 +125,28 @@ class Gateway:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
         Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
-        self._live = live
+        previous, self._live = self._live, live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.pool.prewarm)
+        elif previous is not None and previous.secrets != live.secrets:
+            # Only the functions using a changed secret get new workers (after in-flight work).
+            functions = live.deployment.functions
+            self.pool.refresh(affected_functions(functions, previous.secrets, live.secrets))
+
+    def _function_env(self, spec: FunctionSpec) -> dict[str, str]:
+        """A worker's declared environment: flux.json ``env``, then its secrets' values."""
+        secrets = self.live.secrets
+        return {**dict(spec.env), **{n: secrets[n] for n in spec.secrets if n in secrets}}
+
+    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
+        """Run a function; secret values in its logs and errors come back redacted."""
+        try:
+            result = await self.pool.invoke(spec, invocation)
+        except FunctionFailed as failure:
+            raise self.live.redactor.redact_failure(failure) from None
+        return self.live.redactor.redact_result(result)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -125,6 +155,9 @@ class Gateway:
         if self._live is None:
             await anyio.to_thread.run_sync(self.load)
         assert self._live is not None
+        redaction = LogRedactionFilter(lambda: self.live.redactor)
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(redaction)
         try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
@@ -138,6 +171,8 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
+            for name in REDACTED_LOGGERS:
+                logging.getLogger(name).removeFilter(redaction)
 
     async def _run_queue(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -248,12 +283,14 @@ class Gateway:
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
-            return endpoints.health(ex.live)
-        record = self.authenticate(ex)
-        self.admit(ex, record)
+            return endpoints.health(ex.live, self.launcher.sandbox.note)
+        principal = await self.authenticate(ex)
+        self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
-            return await self.endpoints.answer(ex, record)
-        spec = self.route(ex, record)
+            check_credential(principal, ex.path, ("key",))
+            assert principal.record is not None
+            return await self.endpoints.answer(ex, principal.record)
+        spec = self.route(ex, principal)
         body = await self.read_body(ex, spec, receive)
         return await self.dispatch(ex, spec, scope, body)
 
@@ -271,23 +308,30 @@ class Gateway:
         ex.span["preflight"] = decision
         return Answer(204, headers, b"")
 
-    def authenticate(self, ex: Exchange) -> KeyRecord:
-        """Who is calling: the key in ``Authorization: Bearer``, else 401/403."""
-        outcome = ex.live.keys.authenticate(ex.headers.get("authorization"))
-        ex.span["auth"] = outcome.code
-        if not outcome.ok:
-            extra = [("www-authenticate", "Bearer")] if outcome.status == 401 else []
-            raise HttpError(outcome.status, outcome.code, outcome.message, extra)
-        record = outcome.record
-        assert record is not None
-        ex.key_name = ex.span["key"] = record.name
-        self.key_usage[record.key_hash] = ex.started
-        return record
+    async def authenticate(self, ex: Exchange) -> Principal:
+        """Who is calling: an API key or a user token in ``Authorization: Bearer`` (docs/auth.md),
+        else 401/403 (503 when a token's key set cannot be fetched). The trace records who,
+        never the credential."""
+        try:
+            principal = await authenticate(
+                ex.live.keys, ex.live.tokens, ex.headers.get("authorization")
+            )
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
+        ex.principal = principal
+        ex.span["auth"] = "ok"
+        ex.span.update(principal.trace_attributes())
+        if principal.key_hash is not None:
+            ex.key_name = principal.name
+            self.key_usage[principal.key_hash] = ex.started
+        return principal
 
-    def admit(self, ex: Exchange, record: KeyRecord) -> None:
-        """The caller's rate limit, per key, against the project's plan; else 429."""
+    def admit(self, ex: Exchange, principal: Principal) -> None:
+        """The caller's rate limit, per key or token subject, against the project's plan;
+        else 429."""
         plan = ex.live.plan
-        decision = self.limiter.check(record.key_hash, plan)
+        decision = self.limiter.check(principal.bucket, plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(plan)),
@@ -305,8 +349,9 @@ class Gateway:
                 [("retry-after", str(decision.retry_after))],
             )
 
-    def route(self, ex: Exchange, record: KeyRecord) -> FunctionSpec:
-        """The function at this method and path, if the key may call it; else 404/403."""
+    def route(self, ex: Exchange, principal: Principal) -> FunctionSpec:
+        """The function at this method and path, if the caller may call it: 404, 401 for a
+        credential kind it does not take, 403 for a key scoped to other functions."""
         match = ex.live.routes.lookup(ex.method, ex.path)
         if match.spec is None:
             ex.span["route"] = "no match"
@@ -316,10 +361,12 @@ class Gateway:
         spec = match.spec
         ex.function = spec.name
         ex.span["route"] = f"{spec.method} {spec.route} -> {spec.name}"
-        scoped = ex.live.keys.authorize(record, spec.name)
-        if not scoped.ok:
-            ex.span["auth"] = scoped.code
-            raise HttpError(scoped.status, scoped.code, scoped.message)
+        try:
+            check_credential(principal, f"function {spec.name!r}", spec.auth)
+            check_scope(principal, spec.name)
+        except HttpError as refused:
+            ex.span["auth"] = refused.code
+            raise
         return spec
 
     async def read_body(self, ex: Exchange, spec: FunctionSpec, receive: Receive) -> bytes:
@@ -354,6 +401,7 @@ class Gateway:
             spec=spec,
             body=body,
             now=ex.started,
+            principal=ex.principal,
         )
         ex.trace_id = invocation.trace_id
         if spec.is_async:
@@ -368,11 +416,12 @@ class Gateway:
             return Answer(202, [JSON], orjson.dumps(payload))
         try:
             opened = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
-        except FunctionFailed as failure:
+        except FunctionFailed as raw:  # secret values in its logs and errors: redacted
+            failure = self.live.redactor.redact_failure(raw)
             ex.ran(self.clock(), failure=failure)
             extra = [("retry-after", str(failure.retry_after))] if failure.retry_after else []
             raise HttpError(failure.status, failure.code, failure.message, extra) from None
-        result = opened.result
+        result = self.live.redactor.redact_result(opened.result)
         if opened.stream is not None:  # its spans once it ended: see _stream_spans
             ex.stream, ex.result = opened.stream, result
             return Answer(result.status, function_headers(result.headers), b"")
@@ -385,7 +434,8 @@ class Gateway:
         stream, result = ex.stream, ex.result
         assert stream is not None and result is not None
         run_ms = (anyio.current_time() - stream.started) * 1000
-        ex.ran(self.clock(), result=attrs.evolve(result, run_ms=run_ms, logs=stream.logs()))
+        result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
+        ex.ran(self.clock(), result=self.live.redactor.redact_result(result))
         ex.extra_spans[-1].attributes.update(stream.attributes())
         ex.span["stream"] = stream.outcome
 
@@ -419,7 +469,7 @@ class Gateway:
         if spec is None:  # removed by a redeploy: fail the job at once, no retries
             raise UnknownFunction(function)
         fresh = attrs.evolve(invocation, deadline=self.clock() + spec.timeout)
-        return await self.pool.invoke(spec, fresh)
+        return await self.invoke(spec, fresh)
 
     def _on_queue_event(self, event: QueueEvent) -> None:
         self.traces.record_queue_event(event)

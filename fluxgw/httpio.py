@@ -25,7 +25,7 @@ class Answer(NamedTuple):
     body: bytes
 
 
-MAX_BODY = 6 * 1024 * 1024  # SPEC §4.2: 6 MiB
+MAX_BODY = 6 * 1024 * 1024  # docs/reference.md#status-codes: 6 MiB
 # Set by the gateway or meaningless across a proxy: never copied from a function's response.
 HOP_BY_HOP = frozenset(
     {

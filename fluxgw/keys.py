@@ -1,6 +1,6 @@
 """API keys: format, checksum, hashing, and the in-memory KeyStore (pure: no I/O, no clock).
 
-Format (SPEC §4.1)::
+Format (docs/reference.md#keys)::
 
     flx_live_<tag:6><random:32><checksum:6>      or      flx_test_<...same...>
 
@@ -240,7 +240,8 @@ class KeyRecord:
 class AuthOutcome:
     """Result of :meth:`KeyStore.authenticate` / :meth:`KeyStore.authorize`.
 
-    ``code`` is the SPEC §4.2 error code; ``message`` is human text that never contains the key.
+    ``code`` is the docs/reference.md#status-codes error code; ``message`` is human text that never
+    contains the key.
     """
 
     ok: bool

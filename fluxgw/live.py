@@ -7,15 +7,23 @@ of three small files (fingerprint: mtime, size, inode), and parses them in a wor
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
 import attrs
 
+from .auth.config import load_token_settings, settings_path
+from .auth.tokens import TokenVerifier
 from .cors import CorsPolicy
 from .deploy import Deployment, load_deployment
 from .errors import StateError
 from .keyfile import load_records
 from .keys import KeyStore, KeyStoreError
 from .ratelimit import PLANS, Plan
+from .redact import EMPTY, Redactor
 from .routing import RouteTable
+from .secretstore import current_secrets, secrets_file
 from .settings import ProjectSettings, load_settings
 from .state import Fingerprint, StateDir, fingerprint
 
@@ -28,6 +36,9 @@ class LiveState:
     keys: KeyStore
     deployment: Deployment
     routes: RouteTable
+    tokens: TokenVerifier | None = None  # None: the project takes no user tokens
+    secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # name -> value
+    redactor: Redactor = attrs.field(default=EMPTY, repr=False)
 
 
 @attrs.frozen
@@ -35,13 +46,23 @@ class Fingerprints:
     settings: Fingerprint
     keys: Fingerprint
     deployment: Fingerprint
+    tokens: Fingerprint = None
+    secrets: Fingerprint = None
+    dotenv: Fingerprint = None
 
 
 class LiveLoader:
     """Loads LiveState from .flux/, reusing the parts whose file did not change."""
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        clock: Callable[[], float] | None = None,
+        dotenv: Path | None = None,
+    ) -> None:
         self.state = state
+        self.clock = clock or time.time  # for token time checks and the key set cache
+        self.dotenv = dotenv  # `flux dev`: functions/.env, over the stored secrets
         self.seen: Fingerprints | None = None
         self.current: LiveState | None = None
 
@@ -50,6 +71,9 @@ class LiveLoader:
             settings=fingerprint(self.state.settings_file),
             keys=fingerprint(self.state.keys_file),
             deployment=fingerprint(self.state.deployment_file),
+            tokens=fingerprint(settings_path(self.state)),
+            secrets=fingerprint(secrets_file(self.state)),
+            dotenv=fingerprint(self.dotenv) if self.dotenv else None,
         )
 
     def changed(self) -> bool:
@@ -80,6 +104,20 @@ class LiveLoader:
             routes = RouteTable(deployment.functions)
         else:
             deployment, routes = old.deployment, old.routes
+        if old is None or previous is None or marks.tokens != previous.tokens:
+            token_settings = load_token_settings(self.state)
+            tokens = TokenVerifier(token_settings, self.clock) if token_settings else None
+        else:
+            tokens = old.tokens
+        if (
+            old is None
+            or previous is None
+            or (marks.secrets, marks.dotenv) != (previous.secrets, previous.dotenv)
+        ):
+            secrets: Mapping[str, str] = current_secrets(self.state, self.dotenv)
+            redactor = Redactor(secrets)
+        else:
+            secrets, redactor = old.secrets, old.redactor
         live = LiveState(
             settings=settings,
             plan=PLANS[settings.plan],
@@ -87,6 +125,9 @@ class LiveLoader:
             keys=keys,
             deployment=deployment,
             routes=routes,
+            tokens=tokens,
+            secrets=secrets,
+            redactor=redactor,
         )
         self.current, self.seen = live, marks
         return live

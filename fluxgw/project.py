@@ -29,9 +29,21 @@ MAX_CONCURRENCY = 10_000
 MAX_WORKERS = 256
 MIN_MEMORY, MAX_MEMORY, DEFAULT_MEMORY = 64, 16_384, 512
 KNOWN_FIELDS = (
-    "name", "runtime", "route", "method", "async", "timeout", "entry",
-    "concurrency", "max_workers", "memory",
-)  # fmt: skip
+    "name",
+    "runtime",
+    "route",
+    "method",
+    "async",
+    "timeout",
+    "entry",
+    "auth",
+    "secrets",
+    "env",
+    "concurrency",
+    "max_workers",
+    "memory",
+)
+AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 
 
 @attrs.frozen
@@ -46,6 +58,9 @@ class FunctionSpec:
     entry: str
     is_async: bool = False
     timeout: float = 30.0
+    auth: tuple[str, ...] = ("key",)  # credentials accepted: "key" and/or "jwt"
+    secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
+    env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
     concurrency: int | None = None  # per worker; None: the runtime's default
     max_workers: int | None = None  # per function; None: the gateway's setting
     memory: int = DEFAULT_MEMORY  # MiB of RSS per worker
@@ -64,6 +79,9 @@ class FunctionSpec:
             "timeout": self.timeout,
             "entry": self.entry,
             "directory": str(self.directory),
+            "auth": list(self.auth),
+            "secrets": list(self.secrets),
+            "env": dict(self.env),
             "concurrency": self.concurrency,
             "max_workers": self.max_workers,
             "memory": self.memory,
@@ -80,6 +98,9 @@ class FunctionSpec:
             entry=data["entry"],
             is_async=bool(data["async"]),
             timeout=float(data["timeout"]),
+            auth=tuple(data.get("auth", ("key",))),
+            secrets=tuple(data.get("secrets", ())),
+            env=tuple(sorted(data.get("env", {}).items())),
             concurrency=data.get("concurrency"),
             max_workers=data.get("max_workers"),
             memory=int(data.get("memory") or DEFAULT_MEMORY),
@@ -159,6 +180,7 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(
             shown, "timeout", f"{timeout} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
         )
+    auth = _parse_auth(shown, data.get("auth", "key"))
     concurrency = _optional_int(shown, data, "concurrency", 1, MAX_CONCURRENCY)
     max_workers = _optional_int(shown, data, "max_workers", 1, MAX_WORKERS)
     memory = _optional_int(shown, data, "memory", MIN_MEMORY, MAX_MEMORY) or DEFAULT_MEMORY
@@ -170,6 +192,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(shown, "entry", f"{entry!r} must stay inside the function folder")
     if not entry_path.is_file():
         raise ConfigError(shown, "entry", f"entry file {entry!r} does not exist in {folder}")
+    from .envspec import parse_env_fields
+
+    secret_names, env = parse_env_fields(shown, data)
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -179,6 +204,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         entry=entry,
         is_async=is_async,
         timeout=float(timeout),
+        auth=auth,
+        secrets=secret_names,
+        env=env,
         concurrency=concurrency,
         max_workers=max_workers,
         memory=memory,
@@ -192,6 +220,20 @@ def _optional_int(file: str, data: dict[str, Any], field: str, low: int, high: i
     if not low <= value <= high:
         raise ConfigError(file, field, f"{value} is out of range ({low}-{high})")
     return value
+
+
+def _parse_auth(shown: str, value: Any) -> tuple[str, ...]:
+    """``"key"``, ``"jwt"`` or a list of both: the credentials the function takes."""
+    kinds = [value] if isinstance(value, str) else value
+    label = '"key", "jwt" or ["key", "jwt"]'
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError(shown, "auth", f"must be {label}, got {json.dumps(value)}")
+    for kind in kinds:
+        if kind not in AUTH_KINDS:
+            raise ConfigError(shown, "auth", f"{kind!r} is not a credential: use {label}")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(shown, "auth", f"names a credential twice: {json.dumps(value)}")
+    return tuple(k for k in AUTH_KINDS if k in kinds)
 
 
 def load_functions(project_dir: Path) -> tuple[FunctionSpec, ...]:

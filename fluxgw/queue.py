@@ -1,4 +1,4 @@
-"""Durable queue for async invocations (SPEC §5).
+"""Durable queue for async invocations (docs/reference.md#async-functions).
 
 An async function's request is written to SQLite and committed (``synchronous=FULL``: on disk,
 not just in the OS cache) before the gateway answers ``202``. A dispatcher task claims due jobs,

@@ -150,7 +150,8 @@ class GcraLimiter:
         if ahead <= window:
             self._tat[key_id] = new_tat
             return _decision(True, plan.burst, (window - ahead) // interval, 0, -(-ahead // _US))
-        # Refused: admitted once TAT has drained to new_tat - window; at least 1 s (SPEC §4.2).
+        # Refused: admitted once TAT has drained to new_tat - window; at least 1 s
+        # (docs/reference.md#status-codes).
         wait = ahead - window
         retry_after = -(-wait // _US) or 1
         ahead = tat - now

@@ -1,4 +1,5 @@
-"""The routing table: ``(method, path) -> FunctionSpec`` by exact match (SPEC §2.1), pure.
+"""The routing table: ``(method, path) -> FunctionSpec`` by exact match
+(docs/reference.md#project-and-fluxjson), pure.
 
 Lookups are two dict probes and allocate nothing: every possible answer (hit, wrong method,
 unknown path) is a :class:`RouteMatch` built when the table is built. A deploy builds a new

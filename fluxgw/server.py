@@ -29,10 +29,11 @@ import sniffio
 from hypercorn.config import Config
 
 from .admin.handoff import withdraw_listener
-from .console import configure_logging, say
+from .console import configure_logging, say, warn
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
+from .runtime.sandbox import Sandbox, mark_non_dumpable
 from .state import StateDir
 
 log = logging.getLogger("fluxgw.server")
@@ -56,6 +57,8 @@ class ServerConfig:
     dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
     log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
     log_format: str = "text"  # or "json": one object per line (docs/logs.md)
+    sandbox: bool = True  # bubblewrap around workers when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env
 
 
 def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
@@ -131,9 +134,12 @@ async def _main(config: ServerConfig) -> None:
         GatewayOptions(
             tracing=config.tracing,
             pool=attrs.evolve(config.pool, prewarm=True) if config.dev else config.pool,
+            sandbox=config.sandbox,
+            dotenv=config.dotenv,
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)
+    announce_sandbox(gateway.launcher.sandbox)
     dashboard = None
     if config.dashboard:
         from .admin.serve import DashboardListener
@@ -230,6 +236,18 @@ def single_gateway(state: StateDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def announce_sandbox(sandbox: Sandbox) -> None:
+    """Said once at start: whether functions run in the sandbox, and if not what that means."""
+    if sandbox.enabled:
+        say(f"workers run sandboxed ({sandbox.note})")
+        return
+    warn(
+        f"workers run WITHOUT a sandbox ({sandbox.note}): a function can read what the "
+        "gateway's user can read, .flux/ included (docs/sandbox.md)",
+        once="sandbox",
+    )
+
+
 def backend(loop: Loop) -> dict[str, Any]:
     """``anyio.run`` arguments for ``loop``: asyncio runs on uvloop when it is installed."""
     if loop == "trio":
@@ -243,6 +261,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 
 def run_server(config: ServerConfig) -> int:
     configure_logging(json_requests=config.log_format == "json")
+    mark_non_dumpable()
     failure: OSError | None = None
     with single_gateway(StateDir(config.project_dir)):
         try:

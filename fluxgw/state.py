@@ -26,7 +26,15 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 # Files only ever written while holding the lock (see StateDir.lock).
-LOCKED_FILES = ("keys.json", "project.json", "deployment.json", "ratelimit.json", "key-usage.json")
+LOCKED_FILES = (
+    "keys.json",
+    "project.json",
+    "deployment.json",
+    "ratelimit.json",
+    "key-usage.json",
+    "jwt.json",
+    "secrets.json",
+)
 
 Fingerprint = tuple[int, int, int] | None
 

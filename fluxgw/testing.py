@@ -1,9 +1,10 @@
-"""Embed a real Flux gateway in a test (SPEC §7).
+"""Embed a real Flux gateway in a test (docs/reference.md#embedding-and-tests).
 
     async with open_gateway("path/to/project", plan="free") as gw:
         key = gw.create_key("ci")
         r = await gw.client.get("/hello", headers={"authorization": f"Bearer {key}"})
         gw.clock.advance(1.0)   # rate limits refill without sleeping
+        gw.use_jwt_secret()     # user tokens: gw.mint_token("user-1"), or an IdentityProvider
 
 The project's functions/ are copied into a temporary folder, so tests never touch the
 project's own .flux/ (its keys, limits and traces). The gateway is the real one: the same
@@ -16,25 +17,31 @@ talks to it without a socket). It runs on anyio: under trio (pytest-trio) or asy
 from __future__ import annotations
 
 import functools
+import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
 import httpx
 
+from .auth.config import load_token_settings, update_token_settings
+from .auth.mint import mint_for
+from .auth.provider import IdentityProvider
 from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
 from .runtime.options import DEFAULT_POOL, PoolOptions
+from .secretstore import set_secrets, unset_secrets
 from .settings import load_settings, update_settings
 from .state import StateDir
 
-__all__ = ["FakeClock", "FluxTestGateway", "open_gateway"]
+__all__ = ["FakeClock", "FluxTestGateway", "IdentityProvider", "open_gateway"]
 
 
 class FakeClock:
@@ -95,13 +102,53 @@ class FluxTestGateway:
         update_settings(self.state, cors_origins=list(origins))
         self._reload()
 
+    def set_secret(self, name: str, value: str) -> None:
+        """Store a secret; functions declaring it get new workers with the value at once."""
+        set_secrets(self.state, {name: value}, time.time())
+        self._reload()
+
+    def unset_secret(self, name: str) -> None:
+        unset_secrets(self.state, [name])
+        self._reload()
+
     def redeploy(self) -> None:
         """Deploy the (copied) project's functions/ again, e.g. after editing a file."""
         deploy(self.state)
         self._reload()
 
     def auth(self, key: str) -> dict[str, str]:
+        """Headers for a key or a user token: ``{"authorization": "Bearer ..."}``."""
         return {"authorization": f"Bearer {key}"}
+
+    def use_jwt_secret(
+        self, secret: bytes | None = None, *, issuer: str | None = None, audience: str | None = None
+    ) -> bytes:
+        """Take HS256 user tokens signed with ``secret`` (a random one by default); returns it.
+        :meth:`mint_token` signs with it."""
+        secret = secret if secret is not None else secrets.token_bytes(32)
+        update_token_settings(self.state, secret=secret, issuer=issuer, audience=audience)
+        self._reload()
+        return secret
+
+    def use_identity_provider(self, provider: IdentityProvider) -> None:
+        """Take user tokens from ``provider`` (its served key set, issuer and audience)."""
+        update_token_settings(
+            self.state,
+            jwks_url=provider.jwks_url,
+            issuer=provider.issuer,
+            audience=provider.audience,
+        )
+        self._reload()
+
+    def mint_token(
+        self, subject: str, *, ttl: float = 3600, claims: dict[str, Any] | None = None
+    ) -> str:
+        """A user token for ``subject`` signed with the project secret (see use_jwt_secret),
+        issued at the gateway's clock."""
+        settings = load_token_settings(self.state)
+        if settings is None:
+            raise ValueError("the project takes no user tokens: call use_jwt_secret() first")
+        return mint_for(settings, subject, ttl=ttl, claims=claims, now=self.clock())
 
     def _reload(self) -> None:
         # Files are tiny; reading them inline keeps the helpers synchronous and immediate.
@@ -117,8 +164,11 @@ async def open_gateway(
     in_process: bool = False,
     tracing: bool = True,
     max_workers: int = DEFAULT_POOL.max_workers,
+    secrets: Mapping[str, str] | None = None,
+    sandbox: bool = True,
 ) -> AsyncIterator[FluxTestGateway]:
-    """Start a gateway for a copy of ``project_dir`` (its functions/ folder)."""
+    """Start a gateway for a copy of ``project_dir`` (its functions/ folder); ``secrets`` are
+    stored before the deploy (functions may declare them), ``sandbox`` as `flux serve`'s."""
     source = Path(project_dir)
     if not (source / "functions").is_dir():
         raise FileNotFoundError(f"{source} has no functions/ folder")
@@ -135,10 +185,17 @@ async def open_gateway(
         load_settings(state, create=True)
         if plan is not None:
             update_settings(state, plan=plan)
+        if secrets:
+            set_secrets(state, secrets, time.time())
         deploy(state)
         gateway = Gateway(
             state,
-            GatewayOptions(clock=clock, tracing=tracing, pool=PoolOptions(max_workers=max_workers)),
+            GatewayOptions(
+                clock=clock,
+                tracing=tracing,
+                pool=PoolOptions(max_workers=max_workers),
+                sandbox=sandbox,
+            ),
         )
         gateway.load()
         async with anyio.create_task_group() as tasks:

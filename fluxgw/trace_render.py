@@ -63,6 +63,12 @@ def render_trace(trace: TraceRecord, *, width: int = 80) -> str:
         lines.append(f"function     {trace.function}")
     if trace.key_name:
         lines.append(f"api key      {trace.key_name}")
+    caller = next((s.attributes for s in trace.spans if s.name == "gateway"), {})
+    if caller.get("mode") == "jwt":  # docs/auth.md: who, never the token
+        kid = f", kid {caller['kid']}" if caller.get("kid") else ""
+        lines.append(
+            f"user token   {caller.get('subject')} ({caller.get('issuer') or 'no iss'}{kid})"
+        )
     if trace.async_state:
         lines.append(f"async        {trace.async_state}")
     if trace.client_request_id:

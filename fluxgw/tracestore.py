@@ -3,7 +3,8 @@
 The request path only calls :meth:`TraceStore.record`, a deque append: it never waits for
 disk. :meth:`TraceStore.run` wakes every ``flush_interval`` (100 ms) and writes what piled up
 in one transaction, in a worker thread, so a trace is readable by ``flux trace`` well within
-SPEC §4.5's one second. If the disk cannot keep up the buffer is bounded: the oldest pending
+the one second docs/reference.md#request-ids-and-traces promises. If the disk cannot keep up the
+buffer is bounded: the oldest pending
 traces are dropped and counted (``flux_traces_dropped_total``) rather than growing without end.
 
 Layout: one ``traces`` row per request (spans and logs as JSON columns), plus a

@@ -1,4 +1,5 @@
-"""Request ids, W3C trace context, and the trace value classes (SPEC §4.5).
+"""Request ids, W3C trace context, and the trace value classes
+(docs/reference.md#request-ids-and-traces).
 
 Every request gets a fresh 128-bit id of the gateway's own (a client's ``x-request-id`` is
 recorded, never trusted) and a ``traceparent`` for its function, continuing the caller's trace

@@ -1,6 +1,6 @@
 """Benchmark the Flux gateway against its ceiling, in one run, on loopback; write BENCHMARKS.md.
 
-What runs (SPEC/issue 7): a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
+What runs: a bare hello-world ASGI app on hypercorn's trio worker (the ceiling),
 the gateway in front of warm python/node/deno functions, its 401 and 429 paths, each at 1 and 32
 connections with wrk; tracing on vs off; cold start per runtime vs the bare spawn of that
 runtime; and in process: rate-limit decisions/s, KeyStore RSS for 100,000 keys, route lookup
@@ -9,8 +9,11 @@ like on a machine whose absolute speed drifts.
 
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
 `dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
-and without --log-requests; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime;
-`streaming`: a 100 MB stream through the gateway vs bare hypercorn). `--only NAME[,NAME]` runs
+and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
+gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling;
+`sandbox`: worker cold start and warm throughput with and without bubblewrap, and the cost of
+50 declared secrets; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime; `streaming`: a
+100 MB stream through the gateway vs bare hypercorn). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -33,12 +36,15 @@ from benchlib import (
     dashboard,
     devreload,
     inproc,
+    loops,
     profile,
     report,
+    sandbox,
     servers,
     streaming,
     termlog,
 )
+from benchlib import jwt as jwt_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -50,8 +56,11 @@ CONNECTIONS = (1, 32)
 SECTIONS = {
     "dashboard": dashboard.measure,
     "termlog": termlog.measure,
+    "jwt": jwt_bench.measure,
     "concurrency": concurrency.section,  # many concurrent calls per runtime (issue 12)
     "streaming": streaming.section,  # a 100 MB stream vs bare hypercorn (issue 15)
+    "loops": loops.measure,
+    "sandbox": sandbox.section,
 }
 
 

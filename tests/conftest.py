@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -33,6 +34,8 @@ JS_RUNTIMES = [
     )
     for runtime in ("node", "deno")
 ]
+
+T = TypeVar("T")
 
 # The event loops the gateway runs on. Async tests run on trio (the default loop) unless
 # marked with BOTH_LOOPS; end-to-end tests marked with it take a `loop` argument and pass it to
@@ -60,6 +63,27 @@ async def tasks() -> AsyncIterator[anyio.abc.TaskGroup]:
     async with anyio.create_task_group() as group:
         yield group
         group.cancel_scope.cancel()
+
+
+def poll_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
+    """Wait until ``predicate()`` is truthy and return it; fail the test after ``timeout``.
+
+    Tests wait on what a user can observe, never for a fixed time (see wait_until for async
+    tests)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:g} s: {predicate}")
+        time.sleep(interval)
+    return value
+
+
+async def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01) -> T:
+    """:func:`poll_until` for async tests: checks between sleeps of the event loop."""
+    with anyio.fail_after(timeout):
+        while not (value := predicate()):
+            await anyio.sleep(interval)
+    return value
 
 
 FLUX = str(Path(sys.executable).with_name("flux"))

@@ -8,6 +8,8 @@ the function printed before failing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 
@@ -32,10 +34,13 @@ class Invocation:
     url: str = ""  # full URL as the caller used it (scheme://host/path?query); "" = build one
     query_string: str = ""  # raw query (after "?"); decoded into pairs when ``query`` is empty
     query: tuple[tuple[str, str], ...] = ()  # decoded pairs, in order, repeats kept
-    headers: tuple[tuple[str, str], ...] = ()  # lower-case names; no Authorization
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names; no API key
     body: bytes = b""
     traceparent: str | None = None
     trace_id: str = ""  # the W3C trace id in ``traceparent`` (recorded in the trace)
+    # ``ctx.auth``: who called, {"type": "key", ...} or {"type": "jwt", ...} (docs/auth.md);
+    # with "jwt", ``headers`` carries the caller's verified Authorization on purpose
+    auth: dict[str, Any] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

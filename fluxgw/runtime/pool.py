@@ -27,7 +27,7 @@ import logging
 import signal
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -37,9 +37,10 @@ import attrs
 from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
-from .discovery import RuntimeFinder, default_finder, worker_command
+from .discovery import RuntimeFinder, default_finder
 from .options import PoolOptions
 from .process import Call, Worker, WorkerGone, log_lines
+from .sandbox import Launcher, WorkerLaunch
 
 logger = logging.getLogger("fluxgw.runtime")
 
@@ -204,8 +205,10 @@ class PoolManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
+        launcher: Callable[[FunctionSpec, str], WorkerLaunch] | None = None,
     ) -> None:
         options = options or PoolOptions()
+        self._launcher = launcher or Launcher()  # argv + env of a worker (sandbox.py)
         self._max_workers = options.max_workers
         self._min_workers = options.min_workers
         self._idle_timeout = options.idle_timeout
@@ -242,6 +245,15 @@ class PoolManager:
         if self._group is not None and not self._closed:
             self._start_prewarm()
         self._wakeup.set()
+        self._notify()
+
+    def refresh(self, names: Collection[str]) -> None:
+        """Fresh workers for the functions in ``names`` (their environment changed): their
+        current workers finish their in-flight invocations, then stop; others are untouched."""
+        for spec, pool in list(self._pools.items()):
+            if spec.name in names:
+                self._retire(pool)
+                self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         self._notify()
 
     def _retire(self, pool: FunctionPool) -> None:
@@ -348,9 +360,9 @@ class PoolManager:
                 raise FunctionFailed(502, "runtime_unavailable", problem)
             memory = spec.memory * 1024 * 1024 if spec.memory else None
             try:
-                # The one place a worker's command line is built and run.
-                command = worker_command(spec.runtime, executable, spec.entry_path, spec.memory)
-                worker = await Worker.spawn(spec, command, memory)
+                # The one place a worker is launched: argv and env from sandbox.py.
+                launch = self._launcher(spec, executable)
+                worker = await Worker.spawn(spec, list(launch.argv), launch.env_dict, memory)
             except OSError as exc:
                 hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not start"
                 raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None
@@ -674,11 +686,13 @@ class PoolManager:
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:
-    """The ``invoke`` frame's fields; the caller's Authorization is dropped defensively."""
+    """The ``invoke`` frame's fields; the caller's Authorization is dropped defensively,
+    unless it is a verified user token (``auth`` type "jwt", docs/auth.md)."""
+    keep_authorization = (invocation.auth or {}).get("type") == "jwt"
     headers = [
         (lower, value)
         for name, value in invocation.headers
-        if (lower := name.lower()) != "authorization"
+        if (lower := name.lower()) != "authorization" or keep_authorization
     ]
     names = {name for name, _ in headers}
     if "x-request-id" not in names:
@@ -703,4 +717,5 @@ def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float)
         "function": spec.name,
         "deadline": deadline,
         "traceparent": invocation.traceparent,
+        "auth": invocation.auth,
     }

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,12 +219,20 @@ class Worker:
 
     @classmethod
     async def spawn(
-        cls, spec: FunctionSpec, command: list[str], memory_limit: int | None = None
+        cls,
+        spec: FunctionSpec,
+        command: list[str],
+        env: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
     ) -> Worker:
-        """Start the process (not yet ready: its :meth:`supervise` task reads ``ready``)."""
+        """Start the process (not yet ready: its :meth:`supervise` task reads ``ready``);
+        ``env`` replaces the default environment (the launcher in :mod:`.sandbox` builds it)."""
         read_fd, write_fd = os.pipe()
         request_read, request_write = os.pipe()
-        env = worker_env(spec, write_fd)
+        if env is None:
+            env = worker_env(spec, write_fd)
+        else:
+            env = {**env, "FLUX_PROTOCOL_FD": str(write_fd)}
         env["FLUX_REQUEST_FD"] = str(request_read)
         output_read, output_write = os.pipe()
         try:

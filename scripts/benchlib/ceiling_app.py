@@ -1,18 +1,21 @@
-"""The ceiling: a bare hello-world ASGI app on hypercorn's trio worker, configured like the gateway.
+"""The ceiling: a bare hello-world ASGI app on hypercorn, configured like the gateway.
 
-Run as ``python ceiling_app.py PORT``; prints ``ceiling ready at http://127.0.0.1:PORT`` once
-bound and stops on SIGTERM/SIGINT. Whatever the gateway costs on top of this is its own cost.
+Run as ``python ceiling_app.py PORT [trio|asyncio]`` (trio by default; asyncio on uvloop when
+installed, as ``flux serve --loop asyncio``); prints ``ceiling ready at http://127.0.0.1:PORT``
+once bound and stops on SIGTERM/SIGINT. Whatever the gateway costs on top of this is its own
+cost. It uses the server's own socket, hypercorn config and worker choice (fluxgw.server), so
+only the app differs.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
 
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+import anyio
+
+from fluxgw.httpio import answer_lifespan
+from fluxgw.server import backend, hypercorn_config, listen_socket, run_hypercorn
 
 BODY = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
@@ -20,14 +23,8 @@ HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(B
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        # Returning at once here crashes hypercorn's trio worker: answer the lifespan protocol.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)  # as the gateway does
+        return
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -35,24 +32,23 @@ async def app(scope, receive, send):
 
 
 async def main(port: int) -> None:
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.keep_alive_timeout = 75  # as fluxgw.server configures hypercorn
-    config.accesslog = None
-    config.graceful_timeout = 1
-    shutdown = trio.Event()
+    sock = listen_socket("127.0.0.1", port)
+    config = hypercorn_config("127.0.0.1", port, 1.0)
+    config.bind = [f"fd://{sock.detach()}"]
+    shutdown = anyio.Event()
 
     async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 shutdown.set()
                 return
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch_signals)
+        tasks.start_soon(run_hypercorn, app, config, shutdown.wait)
         print(f"ceiling ready at http://127.0.0.1:{port}", flush=True)
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]))
+    loop = sys.argv[2] if len(sys.argv) > 2 else "trio"
+    anyio.run(main, int(sys.argv[1]), **backend(loop))  # type: ignore[arg-type]

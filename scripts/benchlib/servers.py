@@ -156,15 +156,23 @@ class Server:
         self.stop()
 
 
-def ceiling_server(port: int, log_dir: Path) -> Server:
+def ceiling_server(port: int, log_dir: Path, loop: str = "trio") -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
-    return Server("ceiling", [sys.executable, str(app), str(port)], "ceiling ready", log_dir)
+    # -P: the script's folder (benchlib, with its own jwt.py) must not shadow real packages
+    argv = [sys.executable, "-P", str(app), str(port), loop]
+    return Server(f"ceiling-{loop}", argv, "ceiling ready", log_dir)
 
 
 def gateway_server(
-    project: Path, port: int, log_dir: Path, *, tracing: bool = True, name: str = "gateway"
+    project: Path,
+    port: int,
+    log_dir: Path,
+    *,
+    tracing: bool = True,
+    name: str = "gateway",
+    loop: str = "trio",
 ) -> Server:
-    argv = [FLUX, "--project", str(project), "serve", "--port", str(port)]
+    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), "--loop", loop]
     if not tracing:
         argv.append("--no-tracing")
     return Server(name, argv, "flux: serving", log_dir)

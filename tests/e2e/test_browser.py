@@ -1,4 +1,4 @@
-"""A real headless Chromium calls the gateway from another origin (SPEC §4.4).
+"""A real headless Chromium calls the gateway from another origin (docs/reference.md#cors).
 
 A page served on one loopback origin calls a function on the gateway's origin with a key
 (a preflighted request), reads ``x-request-id``, reads a 401 and its ``x-request-id``, and is

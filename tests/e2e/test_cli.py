@@ -1,4 +1,4 @@
-"""The real `flux` command (SPEC §3): output, exit codes, state files."""
+"""The real `flux` command (docs/reference.md#command-line): output, exit codes, state files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""CORS through the real server (SPEC §4.4): preflights before auth and quota, headers on
+"""CORS through the real server (docs/reference.md#cors): preflights before auth and quota, headers
+on
 every answer to an allowed origin, errors included."""
 
 from __future__ import annotations

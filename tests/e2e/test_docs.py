@@ -135,6 +135,7 @@ def normalise_terminal(text: str, project: str, port: str) -> list[str]:
     text = re.sub(r"version \d+", "version N", text)
     text = re.sub(r"Dashboard: http://127.0.0.1:\d+/login\?token=\S+", "Dashboard: URL", text)
     text = re.sub(r" (warm|cold)$", " warm", text, flags=re.M)
+    text = re.sub(r"\(bubblewrap [^)]*\)", "(bubblewrap VERSION)", text)
     return text.splitlines()
 
 

@@ -1,4 +1,5 @@
-"""The real `flux serve` on loopback: every row of SPEC §4.2, limits, live changes, stop."""
+"""The real `flux serve` on loopback: every row of docs/reference.md#status-codes, limits, live
+changes, stop."""
 
 from __future__ import annotations
 

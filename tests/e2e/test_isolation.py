@@ -1,4 +1,5 @@
-"""One invocation's crash or hang affects only itself (SPEC §6, issue 4), through `flux serve`.
+"""One invocation's crash or hang affects only itself (docs/reference.md#runtimes), through `flux
+serve`.
 
 Why three functions (``ok``, ``crash``, ``hang``) and not one function with three modes: a sync
 python worker runs one invocation at a time, so five hanging requests would hold every worker

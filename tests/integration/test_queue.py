@@ -1,4 +1,5 @@
-"""The durable queue for async invocations (SPEC §5): durability, retries, crash recovery."""
+"""The durable queue for async invocations (docs/reference.md#async-functions): durability,
+retries, crash recovery."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import stat
 
 import anyio
 import pytest
-from conftest import BOTH_LOOPS
+from conftest import BOTH_LOOPS, wait_until
 
 from fluxgw.jobs import Job, QueueEvent, job_to_json
 from fluxgw.jobstate import Backoff
@@ -55,12 +56,6 @@ async def wait_for(queue: JobQueue, request_id: str, predicate, timeout: float =
             job = queue.get(request_id)
             if job is not None and predicate(job):
                 return job
-            await anyio.sleep(0.005)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
             await anyio.sleep(0.005)
 
 
@@ -117,7 +112,7 @@ async def test_success_lifecycle(tmp_path, tasks):
     assert (running.state, running.attempts) == ("running", 1)
     release.set()
     # The event follows the commit: once it is told, the job is stored as succeeded.
-    await until(lambda: len(events) == 2)
+    await wait_until(lambda: len(events) == 2)
     done = queue.get(invocation.request_id)
     assert done.state == "succeeded"
     assert calls == [("jobs", invocation)]
@@ -173,7 +168,7 @@ async def test_retries_with_backoff_then_fails(tmp_path, tasks):
     assert 2.0 <= delay <= 4.0  # doubled
     clock.now = second.next_run_at
 
-    await until(lambda: events[-1:] == ["failed"])
+    await wait_until(lambda: events[-1:] == ["failed"])
     failed = queue.get(rid)
     assert failed.state == "failed" and failed.attempts == 3 and len(attempts) == 3
     assert failed.error == "runtime_crashed: worker exited with code 1 (gave up after 3 attempts)"

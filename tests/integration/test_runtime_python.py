@@ -15,7 +15,7 @@ import anyio.abc
 import attrs
 import psutil
 import pytest
-from conftest import BOTH_LOOPS
+from conftest import BOTH_LOOPS, wait_until
 
 from fluxgw.project import FunctionSpec
 from fluxgw.runtime.api import FunctionFailed, Invocation, InvocationResult
@@ -358,7 +358,7 @@ async def test_a_call_that_finds_no_capacity_in_time_is_503_overloaded(
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(first)
-        await anyio.sleep(0.2)
+        await wait_until(lambda: pool.stats().get(spec.name, {}).get("busy") == 1)  # it runs
         started = time.monotonic()
         with pytest.raises(FunctionFailed) as failed:
             await pool.invoke(spec, call(spec, deadline=time.time() + 0.5))
@@ -406,7 +406,7 @@ async def test_deploy_drains_old_generation(pool: PoolManager, tmp_path: Path) -
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(in_flight)
-        await anyio.sleep(0.2)
+        await wait_until(lambda: pool.stats()[spec.name]["busy"] == 1)  # the old worker runs it
         (spec.directory / "main.py").write_text(textwrap.dedent(code.format(version=2)))
         pool.deploy([spec])  # same spec, new code in place: fresh workers
         new = await pool.invoke(spec, call(spec))
@@ -522,8 +522,7 @@ async def test_aclose_leaves_no_process_behind(tasks: anyio.abc.TaskGroup, tmp_p
             hung.append(exc)
 
     tasks.start_soon(hang)
-    await anyio.sleep(0.5)
-    assert len(descendants()) >= 5  # three workers + their sleeping children
+    await wait_until(lambda: len(descendants()) >= 5)  # three workers + their sleeping children
     with anyio.fail_after(5):
         await pool.aclose()
     assert hung and hung[0].status == 502  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""fluxgw.testing: the embedded gateway a user's test suite gets (SPEC §7)."""
+"""fluxgw.testing: the embedded gateway a user's test suite gets
+(docs/reference.md#embedding-and-tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The trace store: buffered writes by a background task, read back by the CLI (SPEC §4.5)."""
+"""The trace store: buffered writes by a background task, read back by the CLI
+(docs/reference.md#request-ids-and-traces)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import anyio
 import pytest
-from conftest import BOTH_LOOPS
+from conftest import BOTH_LOOPS, wait_until
 
 from fluxgw.runtime.api import LogLine
 from fluxgw.tracestore import TraceStore
@@ -42,12 +43,6 @@ def make_trace(request_id: str | None = None, started_at: float | None = None, *
     )
     fields.update(kw)
     return TraceRecord(**fields)
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 async def test_recorded_trace_is_readable_within_a_second(tmp_path, tasks):

@@ -1,4 +1,4 @@
-"""CORS decisions (SPEC §4.4)."""
+"""CORS decisions (docs/reference.md#cors)."""
 
 from __future__ import annotations
 

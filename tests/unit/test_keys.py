@@ -1,4 +1,4 @@
-"""Key format, checksum and KeyStore decisions (SPEC §4.1, §4.2)."""
+"""Key format, checksum and KeyStore decisions (docs/reference.md#keys and #status-codes)."""
 
 from __future__ import annotations
 

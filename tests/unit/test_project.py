@@ -1,4 +1,5 @@
-"""flux.json validation (SPEC §2.1): every refusal names the file and the field."""
+"""flux.json validation (docs/reference.md#project-and-fluxjson): every refusal names the file and
+the field."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ INVALID = [
     ("missing-entry", GOOD, None, "entry", "does not exist"),
     ("missing-custom-entry", {**GOOD, "entry": "app.py"}, "main.py", "entry", "'app.py'"),
     ("entry-escapes", {**GOOD, "entry": "../x.py"}, "main.py", "entry", "inside the function"),
+    ("auth-unknown", {**GOOD, "auth": "oauth"}, "main.py", "auth", "'oauth' is not a credential"),
+    ("auth-empty", {**GOOD, "auth": []}, "main.py", "auth", '"key", "jwt" or ["key", "jwt"]'),
+    ("auth-twice", {**GOOD, "auth": ["jwt", "jwt"]}, "main.py", "auth", "twice"),
+    ("auth-wrong-type", {**GOOD, "auth": True}, "main.py", "auth", "got true"),
 ]
 
 
@@ -107,6 +112,17 @@ def test_defaults(tmp_path: Path) -> None:
         "main.py",
     )
     assert spec.entry_path == (tmp_path / "functions" / "hello" / "main.py").resolve()
+
+
+@pytest.mark.parametrize(
+    ("auth", "accepted"),
+    [(None, ("key",)), ("key", ("key",)), ("jwt", ("jwt",)), (["jwt", "key"], ("key", "jwt"))],
+)
+def test_auth_field(tmp_path: Path, auth: object, accepted: tuple[str, ...]) -> None:
+    write_function(tmp_path, "hello", GOOD if auth is None else {**GOOD, "auth": auth})
+    (spec,) = load_functions(tmp_path)
+    assert spec.auth == accepted
+    assert type(spec).from_json(spec.to_json()) == spec  # survives the deployment file
 
 
 def test_default_entry_by_runtime(tmp_path: Path) -> None:

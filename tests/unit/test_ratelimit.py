@@ -1,4 +1,4 @@
-"""GCRA limiter semantics (SPEC §4.3), driven by a fake clock: no sleeping."""
+"""GCRA limiter semantics (docs/reference.md#rate-limits), driven by a fake clock: no sleeping."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request ids and W3C traceparent handling (SPEC §4.5)."""
+"""Request ids and W3C traceparent handling (docs/reference.md#request-ids-and-traces)."""
 
 from __future__ import annotations
 

@@ -213,8 +213,10 @@ function buildRequest(header, body, signal) {
     url = `http://localhost${header.path ?? "/"}${query ? `?${query}` : ""}`;
   }
   const headers = new Headers();
+  // never an API key; a verified user token (auth type "jwt") is meant to reach the function
+  const tokenAuth = header.auth?.type === "jwt";
   for (const [name, value] of header.headers ?? []) {
-    if (name.toLowerCase() === "authorization") continue; // never the caller's credentials
+    if (name.toLowerCase() === "authorization" && !tokenAuth) continue;
     try {
       headers.append(name, value);
     } catch {
@@ -319,6 +321,7 @@ class Invocation {
       function: header.function,
       deadline: header.deadline,
       traceparent: header.traceparent ?? null,
+      auth: header.auth ?? null,
       signal: this.controller.signal,
     };
     try {

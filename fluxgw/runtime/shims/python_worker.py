@@ -235,9 +235,9 @@ class CaptureStream:
 
 
 class Context:
-    """``ctx``: request_id, function, deadline (epoch seconds), traceparent, logger."""
+    """``ctx``: request_id, function, deadline (epoch seconds), traceparent, auth, logger."""
 
-    __slots__ = ("deadline", "function", "request_id", "traceparent")
+    __slots__ = ("auth", "deadline", "function", "request_id", "traceparent")
 
     _loggers: dict[str, Any] = {}
 
@@ -246,6 +246,8 @@ class Context:
         self.function: str = header.get("function", "")
         self.deadline: float = float(header.get("deadline", 0.0))
         self.traceparent: str | None = header.get("traceparent")
+        # who called: {"type": "key", "key_name"} or {"type": "jwt", "subject", "issuer", "claims"}
+        self.auth: dict[str, Any] | None = header.get("auth")
 
     def remaining(self) -> float:
         """Seconds left before the gateway gives up on this invocation."""
@@ -282,9 +284,11 @@ def build_request(header: dict[str, Any], body: bytes) -> dict[str, Any]:
         query[name] = value
         query_list.setdefault(name, []).append(value)
     headers: dict[str, str] = {}
+    # never an API key, even if sent by mistake; a verified user token is meant to reach us
+    token_auth = (header.get("auth") or {}).get("type") == "jwt"
     for name, value in header.get("headers", []):
         name = name.lower()
-        if name == "authorization":  # never the caller's credentials, even if sent by mistake
+        if name == "authorization" and not token_auth:
             continue
         if name in headers:
             headers[name] += ("; " if name == "cookie" else ", ") + value
