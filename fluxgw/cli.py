@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=4000)
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
@@ -99,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
+    update.add_argument(
+        "--store",
+        metavar="redis://HOST:PORT/DB|files",
+        help="move keys, settings and limits to this store (docs/redis.md)",
+    )
+    update.add_argument(
+        "--store-fallback",
+        choices=("local", "closed"),
+        help="while Redis is unreachable: limit locally (default) or answer 503",
+    )
     _jwt_arguments(update)
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")

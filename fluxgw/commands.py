@@ -18,6 +18,7 @@ from .ratelimit import PLANS
 from .runtime.options import InvalidPoolOptions, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
+from .store.config import load_store_config
 
 TEMPLATE = Path(__file__).parent / "templates" / "init"
 
@@ -98,6 +99,8 @@ def routes(project_dir: Path, args: argparse.Namespace) -> int:
 def serve(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
+    if args.workers != 1:
+        return _serve_workers(project_dir, args)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
@@ -106,6 +109,7 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         log_requests=args.log_requests or args.log_format is not None,
         log_format=args.log_format or "text",
         loop=args.loop,
+        reuse_port=args.reuse_port,
         sandbox=not args.no_sandbox,
         pool=pool_options(args),
         **dashboard_options(args),
@@ -116,6 +120,26 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
             "(the gateway picks it up without a restart)"
         )
     return run_server(config)
+
+
+def _serve_workers(project_dir: Path, args: argparse.Namespace) -> int:
+    """`flux serve --workers N`: N processes on one port, sharing the Redis store."""
+    from .multiserve import run_workers
+
+    if args.workers < 1:
+        raise FluxError("--workers must be at least 1")
+    if load_store_config(StateDir(project_dir)).redis is None:
+        raise FluxError(
+            "--workers needs the Redis store: with files, limits, the queue and key usage "
+            "have one owner per folder (flux project update --store redis://HOST:PORT/DB)"
+        )
+    pool_options(args)  # validated before any process starts
+    child = ["--project", str(project_dir), "serve", "--host", args.host, "--loop", args.loop]
+    child += ["--max-workers", str(args.max_workers), "--min-workers", str(args.min_workers)]
+    child += ["--idle-timeout", str(args.idle_timeout)]
+    child += ["--prewarm"] if args.prewarm else []
+    child += ["--no-tracing"] if args.no_tracing else []
+    return run_workers(child, args.host, args.port, args.workers, project_dir)
 
 
 def pool_options(args: argparse.Namespace) -> PoolOptions:
@@ -227,8 +251,13 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
     state = StateDir(project_dir)
     if args.project_command == "update":
         tokens = auth_commands.wants_update(args)
-        if args.plan is None and args.cors_origins is None and not tokens:
-            raise FluxError("nothing to update: pass --plan, --cors-origin or --jwt-...")
+        moving = args.store is not None or args.store_fallback is not None
+        if args.plan is None and args.cors_origins is None and not tokens and not moving:
+            raise FluxError("nothing to update: pass --plan, --cors-origin, --jwt-... or --store")
+        if moving:
+            from .store.migrate import set_store
+
+            set_store(state, args.store or _current_store_url(state), args.store_fallback)
         if tokens:
             auth_commands.update(state, args)
         if args.plan is not None or args.cors_origins is not None:
@@ -245,6 +274,7 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
                 "jwt": tokens_shown,
+                "store": _store_json(state),
             }
         )
         return 0
@@ -253,7 +283,27 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
     print(f"cors origins: {origins}")
     for line in auth_commands.show_lines(tokens_shown):
         print(line)
+    store = load_store_config(state)
+    where = "files (.flux/)" if store.redis is None else store.redis.display
+    extra = "" if store.redis is None else f" (fallback: {store.fallback})"
+    print(f"store:       {where}{extra}")
     return 0
+
+
+def _store_json(state: StateDir) -> dict[str, Any]:
+    store = load_store_config(state)
+    if store.redis is None:
+        return {"kind": "files"}
+    return {"kind": "redis", "url": store.redis.display, "fallback": store.fallback}
+
+
+def _current_store_url(state: StateDir) -> str:
+    """`--store-fallback` alone keeps the store the project is on."""
+    store = load_store_config(state)
+    if store.redis is None:
+        raise FluxError("--store-fallback applies to the Redis store: pass --store redis://...")
+    data = state.read_json(state.root / "store.json")
+    return str(data["url"])
 
 
 def jwt(project_dir: Path, args: argparse.Namespace) -> int:
@@ -268,7 +318,12 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     from .tracing import AmbiguousPrefix, TraceNotFound
 
     state = StateDir(project_dir)
-    store = TraceStore(state.traces_db)
+    shared = load_store_config(state)
+    store: Any = TraceStore(state.traces_db)
+    if shared.redis is not None:  # traces of every instance (docs/redis.md)
+        from .store.redis_traces import RedisTraceReader
+
+        store = RedisTraceReader(shared)
     if args.last is not None:
         records = store.last(args.last)
         if args.json:

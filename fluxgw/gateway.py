@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -49,7 +50,7 @@ from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
 from .queue import JobQueue, QueueUnavailable, UnknownFunction
-from .ratelimit import GcraLimiter, policy_header, ratelimit_header
+from .ratelimit import Decision, GcraLimiter, Plan, policy_header, ratelimit_header
 from .redact import LogRedactionFilter
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.options import PoolOptions
@@ -57,9 +58,15 @@ from .runtime.pool import PoolManager
 from .runtime.sandbox import Launcher, detect_sandbox
 from .secretstore import affected_functions
 from .state import StateDir
+from .store import open_store
+from .store.shared_limiter import StoreUnavailable
 from .streaming import send_stream
 from .tracestore import TraceStore
 from .tracing import new_request_id, request_trace
+
+if TYPE_CHECKING:
+    from .store.redis_queue import RedisJobQueue
+    from .store.redis_traces import RedisTraceStore
 
 log = logging.getLogger("fluxgw.gateway")
 
@@ -94,10 +101,18 @@ class Gateway:
         self.launcher = Launcher(variables=self._function_env)
         self.pool = PoolManager(self.options.pool, wall_clock=self.clock, launcher=self.launcher)
         self.loader = LiveLoader(state, self.clock, dotenv=self.options.dotenv)
-        self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
-        self.queue = JobQueue(state.queue_db)
+        # The shared store (docs/redis.md): None for the files store, the default.
+        self.store = open_store(state, clock=self.clock, tracing=self.options.tracing)
+        self.traces: TraceStore | RedisTraceStore  # same interface, per store
+        if self.store is not None:
+            state.documents = self.store.cache  # keys and settings come from Redis
+            self.traces = self.store.traces
+        else:
+            self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
+        self.queue: JobQueue | RedisJobQueue  # same interface, per store
+        self.queue = self.store.queue if self.store else JobQueue(state.queue_db)
         self.metrics = Metrics()
-        self.endpoints = Endpoints(self.metrics, self.pool, self.queue, self.traces)
+        self.endpoints = Endpoints(self.metrics, self.pool, self.queue, self.traces, self.store)
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
@@ -107,6 +122,10 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
+        if self.store is not None:
+            self.store.prime()  # the shared keys and settings, before the first request
+            self._live = self.loader.load()
+            return  # limiter state lives in Redis
         self._live = self.loader.load()
         if not self.launcher.sandbox.enabled:
             self.launcher.sandbox = detect_sandbox(self.options.sandbox)
@@ -162,7 +181,8 @@ class Gateway:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
                 self.install(self._live)
-                await tasks.start(self.traces.run)
+                # The Redis store's task runs its own trace writer.
+                await tasks.start(self.store.run if self.store else self.traces.run)
                 await tasks.start(self._reload_loop)
                 await tasks.start(self._save_loop)
                 await tasks.start(self._run_queue)
@@ -283,9 +303,9 @@ class Gateway:
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
-            return endpoints.health(ex.live, self.launcher.sandbox.note)
+            return endpoints.health(ex.live, self.launcher.sandbox.note, self.store)
         principal = await self.authenticate(ex)
-        self.admit(ex, principal)
+        await self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
             check_credential(principal, ex.path, ("key",))
             assert principal.record is not None
@@ -327,11 +347,14 @@ class Gateway:
             self.key_usage[principal.key_hash] = ex.started
         return principal
 
-    def admit(self, ex: Exchange, principal: Principal) -> None:
+    async def admit(self, ex: Exchange, principal: Principal) -> None:
         """The caller's rate limit, per key or token subject, against the project's plan;
         else 429."""
         plan = ex.live.plan
-        decision = self.limiter.check(principal.bucket, plan)
+        if self.store is None:
+            decision = self.limiter.check(principal.bucket, plan)
+        else:  # shared by every gateway of the project (docs/redis.md)
+            decision = await self._shared_admit(principal.bucket, plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(plan)),
@@ -438,6 +461,21 @@ class Gateway:
         ex.ran(self.clock(), result=self.live.redactor.redact_result(result))
         ex.extra_spans[-1].attributes.update(stream.attributes())
         ex.span["stream"] = stream.outcome
+
+    async def _shared_admit(self, bucket: str, plan: Plan) -> Decision:
+        """The Redis store's limiter; with the ``closed`` fallback, an outage is a 503."""
+        assert self.store is not None
+        try:
+            return await self.store.limiter.check(bucket, plan)
+        except StoreUnavailable:
+            self.metrics.count_store_unavailable()
+            raise HttpError(
+                503,
+                "store_unavailable",
+                "the shared store is unreachable and this project refuses requests meanwhile "
+                "(store fallback: closed); retry shortly",
+                [("retry-after", "1")],
+            ) from None
 
     # -- every answer ------------------------------------------------------------------------
     def _finish(self, ex: Exchange, status: int, headers: Headers) -> Headers:

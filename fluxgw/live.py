@@ -68,11 +68,11 @@ class LiveLoader:
 
     def fingerprints(self) -> Fingerprints:
         return Fingerprints(
-            settings=fingerprint(self.state.settings_file),
-            keys=fingerprint(self.state.keys_file),
-            deployment=fingerprint(self.state.deployment_file),
-            tokens=fingerprint(settings_path(self.state)),
-            secrets=fingerprint(secrets_file(self.state)),
+            settings=self.state.fingerprint(self.state.settings_file),
+            keys=self.state.fingerprint(self.state.keys_file),
+            deployment=self.state.fingerprint(self.state.deployment_file),
+            tokens=self.state.fingerprint(settings_path(self.state)),
+            secrets=self.state.fingerprint(secrets_file(self.state)),
             dotenv=fingerprint(self.dotenv) if self.dotenv else None,
         )
 

@@ -35,6 +35,7 @@ from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
 from .runtime.sandbox import Sandbox, mark_non_dumpable
 from .state import StateDir
+from .store.config import load_store_config
 
 log = logging.getLogger("fluxgw.server")
 
@@ -53,6 +54,7 @@ class ServerConfig:
     access_log: bool = False
     pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
+    reuse_port: bool = False  # one of `--workers N` processes (docs/redis.md)
     dashboard: bool = True  # the admin listener (docs/dashboard.md)
     dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
     log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
@@ -75,12 +77,12 @@ def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
     return config
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind and listen here, not in hypercorn: the same code for both of its workers (its
     asyncio ``serve`` does not report the bound address, needed for port 0), and a port in use
     fails before anything else starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
 
 
 def _url(sock: socket.socket) -> str:
@@ -108,10 +110,11 @@ async def serve_gateway(
     grace_period: float = 10.0,
     shutdown: anyio.Event,
     on_ready: Callable[[list[str]], None] | None = None,
+    reuse_port: bool = False,
     task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
-    sock = listen_socket(host, port)
+    sock = listen_socket(host, port, reuse_port=reuse_port)
     binds = [_url(sock)]
     config = hypercorn_config(host, port, grace_period)
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
@@ -183,6 +186,7 @@ async def _main(config: ServerConfig) -> None:
             grace_period=config.grace_period,
             shutdown=shutdown,
             on_ready=ready,
+            reuse_port=config.reuse_port,
         )
         tasks.cancel_scope.cancel()
 
@@ -218,6 +222,9 @@ def single_gateway(state: StateDir) -> Iterator[None]:
     first one's running jobs. Refuse it with a clear message instead.
     """
     state.ensure()
+    if load_store_config(state).redis is not None:
+        yield  # on the Redis store, any number of gateways share one state (docs/redis.md)
+        return
     path = state.root / "gateway.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -41,6 +41,7 @@ from benchlib import (
     report,
     sandbox,
     servers,
+    shared_store,
     streaming,
     termlog,
 )
@@ -61,6 +62,7 @@ SECTIONS = {
     "streaming": streaming.section,  # a 100 MB stream vs bare hypercorn (issue 15)
     "loops": loops.measure,
     "sandbox": sandbox.section,
+    "redis": shared_store.measure,
 }
 
 
