@@ -230,7 +230,7 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
         type=count,
         default=DEFAULT_POOL.max_workers,
         metavar="N",
-        help="most concurrent invocations of one function (default %(default)s)",
+        help="most workers of one function (default: one per CPU, at least 2, here %(default)s)",
     )
     group.add_argument(
         "--min-workers",

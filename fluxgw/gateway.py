@@ -61,6 +61,7 @@ from .secretstore import affected_functions
 from .state import StateDir
 from .store import open_store
 from .store.shared_limiter import StoreUnavailable
+from .streaming import send_stream
 from .tracestore import TraceStore
 from .tracing import new_request_id, request_trace
 
@@ -267,23 +268,35 @@ class Gateway:
             started_perf=time.perf_counter(),
             live=self.live,
         )
-        try:
-            status, headers, body = await self._pipeline(ex, scope, receive)
-        except HttpError as exc:
-            status, headers = exc.status, [*exc.headers, JSON]
-            body = error_body(exc.code, exc.message, ex.request_id)
-            ex.span.setdefault("error", exc.code)
-            ex.message = exc.message
-        except Exception:  # a bug of ours: still a proper answer with an id to trace
-            log.exception("internal error handling request %s", ex.request_id)
-            status, headers = 500, [JSON]
-            body = error_body("internal_error", "the gateway failed; see its log", ex.request_id)
-            ex.span["error"] = "internal_error"
-        headers = self._finish(ex, status, headers)
-        if self.feed.active:  # before the answer leaves, so an async job's events follow it
-            duration_ms = (time.perf_counter() - ex.started_perf) * 1000
-            self.feed.publish(exchange_event(ex, status, duration_ms))
-        await send_response(send, status, headers, body)
+        # The exit stack holds a streamed invocation open until its body has been sent.
+        async with ex.resources:
+            try:
+                status, headers, body = await self._pipeline(ex, scope, receive)
+            except HttpError as exc:
+                status, headers = exc.status, [*exc.headers, JSON]
+                body = error_body(exc.code, exc.message, ex.request_id)
+                ex.span.setdefault("error", exc.code)
+                ex.message = exc.message
+            except Exception:  # a bug of ours: still a proper answer with an id to trace
+                log.exception("internal error handling request %s", ex.request_id)
+                status, headers = 500, [JSON]
+                body = error_body(
+                    "internal_error", "the gateway failed; see its log", ex.request_id
+                )
+                ex.span["error"] = "internal_error"
+            headers = self._finish(ex, status, headers)
+            if ex.stream is None:
+                if self.feed.active:  # before the answer leaves: an async job's events follow
+                    duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                    self.feed.publish(exchange_event(ex, status, duration_ms))
+                await send_response(send, status, headers, body)
+            else:
+                await send_stream(send, receive, status, headers, ex.stream)
+        if ex.stream is not None:  # published once the stream ended, with how it ended
+            self._stream_spans(ex)
+            if self.feed.active:
+                duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                self.feed.publish(exchange_event(ex, status, duration_ms))
         self._record(ex, status)
 
     async def _pipeline(self, ex: Exchange, scope: Scope, receive: Receive) -> Answer:
@@ -431,12 +444,29 @@ class Gateway:
             payload = {"request_id": ex.request_id, "status": "queued"}
             return Answer(202, [JSON], orjson.dumps(payload))
         try:
-            result = await self.invoke(spec, invocation)
-        except FunctionFailed as failure:
+            opened = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
+        except FunctionFailed as raw:  # secret values in its logs and errors: redacted
+            failure = self.live.redactor.redact_failure(raw)
             ex.ran(self.clock(), failure=failure)
-            raise HttpError(failure.status, failure.code, failure.message) from None
+            extra = [("retry-after", str(failure.retry_after))] if failure.retry_after else []
+            raise HttpError(failure.status, failure.code, failure.message, extra) from None
+        result = self.live.redactor.redact_result(opened.result)
+        if opened.stream is not None:  # its spans once it ended: see _stream_spans
+            ex.stream, ex.result = opened.stream, result
+            return Answer(result.status, function_headers(result.headers), b"")
         ex.ran(self.clock(), result=result)
         return Answer(result.status, function_headers(result.headers), result.body)
+
+    def _stream_spans(self, ex: Exchange) -> None:
+        """A streamed call's spans: its whole duration, how the stream ended, bytes, chunks,
+        time to first byte; its logs are complete only now (docs/runtimes.md, "Streaming")."""
+        stream, result = ex.stream, ex.result
+        assert stream is not None and result is not None
+        run_ms = (anyio.current_time() - stream.started) * 1000
+        result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
+        ex.ran(self.clock(), result=self.live.redactor.redact_result(result))
+        ex.extra_spans[-1].attributes.update(stream.attributes())
+        ex.span["stream"] = stream.outcome
 
     async def _shared_admit(self, bucket: str, plan: Plan) -> Decision:
         """The Redis store's limiter; with the ``closed`` fallback, an outage is a 503."""

@@ -133,7 +133,8 @@ class Metrics:
     ) -> str:
         """The whole exposition: HELP/TYPE lines, then samples, one metric family at a time.
 
-        ``workers`` maps a function name to its worker counts by state ("busy", "idle").
+        ``workers`` maps a function name to its worker counts by state ("busy", "idle") and its
+        invocation counts ("in_flight", "waiting").
         """
         out: list[str] = []
 
@@ -167,9 +168,17 @@ class Metrics:
 
         family("flux_workers", "gauge", "Worker processes, by function and state.")
         for function, states in sorted(workers.items()):
-            for state, count in sorted(states.items()):
+            for state in ("busy", "idle"):
                 labels = _labels((("function", function), ("state", state)))
-                out.append(f"flux_workers{labels} {count}")
+                out.append(f"flux_workers{labels} {states.get(state, 0)}")
+        for name, key, help_text in (
+            ("flux_invocations_in_flight", "in_flight", "Invocations running, by function."),
+            ("flux_invocations_waiting", "waiting", "Calls waiting for a worker, by function."),
+        ):
+            family(name, "gauge", help_text)
+            for function, states in sorted(workers.items()):
+                labels = _labels((("function", function),))
+                out.append(f"{name}{labels} {states.get(key, 0)}")
 
         family("flux_queue_depth", "gauge", "Async invocations queued or running.")
         out.append(f"flux_queue_depth {queue_depth}")

@@ -24,6 +24,10 @@ NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 ROUTE_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
+# Pool and limit fields (docs/runtimes.md): invocations per worker, workers per function, MiB.
+MAX_CONCURRENCY = 10_000
+MAX_WORKERS = 256
+MIN_MEMORY, MAX_MEMORY, DEFAULT_MEMORY = 64, 16_384, 512
 KNOWN_FIELDS = (
     "name",
     "runtime",
@@ -35,6 +39,9 @@ KNOWN_FIELDS = (
     "auth",
     "secrets",
     "env",
+    "concurrency",
+    "max_workers",
+    "memory",
 )
 AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 
@@ -54,6 +61,9 @@ class FunctionSpec:
     auth: tuple[str, ...] = ("key",)  # credentials accepted: "key" and/or "jwt"
     secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
     env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
+    concurrency: int | None = None  # per worker; None: the runtime's default
+    max_workers: int | None = None  # per function; None: the gateway's setting
+    memory: int = DEFAULT_MEMORY  # MiB of RSS per worker
 
     @property
     def entry_path(self) -> Path:
@@ -72,6 +82,9 @@ class FunctionSpec:
             "auth": list(self.auth),
             "secrets": list(self.secrets),
             "env": dict(self.env),
+            "concurrency": self.concurrency,
+            "max_workers": self.max_workers,
+            "memory": self.memory,
         }
 
     @classmethod
@@ -88,6 +101,9 @@ class FunctionSpec:
             auth=tuple(data.get("auth", ("key",))),
             secrets=tuple(data.get("secrets", ())),
             env=tuple(sorted(data.get("env", {}).items())),
+            concurrency=data.get("concurrency"),
+            max_workers=data.get("max_workers"),
+            memory=int(data.get("memory") or DEFAULT_MEMORY),
         )
 
 
@@ -165,6 +181,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
             shown, "timeout", f"{timeout} is out of range ({MIN_TIMEOUT}-{MAX_TIMEOUT} seconds)"
         )
     auth = _parse_auth(shown, data.get("auth", "key"))
+    concurrency = _optional_int(shown, data, "concurrency", 1, MAX_CONCURRENCY)
+    max_workers = _optional_int(shown, data, "max_workers", 1, MAX_WORKERS)
+    memory = _optional_int(shown, data, "memory", MIN_MEMORY, MAX_MEMORY) or DEFAULT_MEMORY
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
     folder = file.parent
@@ -188,7 +207,19 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         auth=auth,
         secrets=secret_names,
         env=env,
+        concurrency=concurrency,
+        max_workers=max_workers,
+        memory=memory,
     )
+
+
+def _optional_int(file: str, data: dict[str, Any], field: str, low: int, high: int) -> int | None:
+    if field not in data:
+        return None
+    value = _require_type(file, field, data[field], int, "an integer")
+    if not low <= value <= high:
+        raise ConfigError(file, field, f"{value} is out of range ({low}-{high})")
+    return value
 
 
 def _parse_auth(shown: str, value: Any) -> tuple[str, ...]:

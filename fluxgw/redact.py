@@ -148,6 +148,7 @@ class Redactor:
             self.redact(failure.message),
             self.redact_lines(failure.logs),
             failure.worker_pid,
+            failure.retry_after,
         )
 
 

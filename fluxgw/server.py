@@ -78,6 +78,9 @@ def hypercorn_config(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = grace_period
     config.keep_alive_timeout = 75  # longer than common client pools' idle timeouts
+    # hypercorn calls listen(backlog) again (default 100): 1,000 clients connecting at once
+    # would see dropped SYNs and retry after 1-3 s (docs/runtimes.md, "Concurrency").
+    config.backlog = 1024
     config.accesslog = None
     config.include_server_header = False  # do not advertise the server software and version
     config.errorlog = logging.getLogger("hypercorn.error")

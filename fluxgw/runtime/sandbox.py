@@ -289,7 +289,7 @@ class Launcher:
         trust = function_env(spec.runtime)  # the gateway's local CA (docs/tls.md)
         return build_launch(
             spec,
-            worker_command(spec.runtime, executable, spec.entry_path),
+            worker_command(spec.runtime, executable, spec.entry_path, spec.memory),
             sandbox=self.sandbox,
             read_only=[*self._paths[key], *(function_trust_files() if trust else ())],
             variables={**trust, **self._variables(spec)},
