@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _log_arguments(dev, dev=True)
     _dashboard_arguments(dev)
     _pool_arguments(dev)
+    _tls_arguments(dev)
 
     serve = commands.add_parser("serve", help="serve the live deployment")
     serve.add_argument("--host", default="127.0.0.1")
@@ -44,9 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     _loop_argument(serve)
     serve.add_argument("--no-tracing", action="store_true", help="record no traces")
     _connections_argument(serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on one port (needs the Redis store; docs/redis.md)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_arguments(serve, dev=False)
     _dashboard_arguments(serve)
     _pool_arguments(serve)
+    _tls_arguments(serve)
+    for parser_ in (dev, serve):
+        parser_.add_argument(
+            "--no-sandbox",
+            action="store_true",
+            help="run workers without the bubblewrap sandbox (docs/sandbox.md; prints a warning)",
+        )
+
+    from .secretcmd import add_secrets_parser
+
+    add_secrets_parser(commands)
 
     dashboard = commands.add_parser(
         "dashboard", help="print a fresh login URL for the running gateway's dashboard"
@@ -91,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed browser origin for POST/PUT/PATCH/DELETE (repeatable; '' clears)",
     )
     update.add_argument("--plan", choices=("free", "pro", "team"))
+    update.add_argument(
+        "--store",
+        metavar="redis://HOST:PORT/DB|files",
+        help="move keys, settings and limits to this store (docs/redis.md)",
+    )
+    update.add_argument(
+        "--store-fallback",
+        choices=("local", "closed"),
+        help="while Redis is unreachable: limit locally (default) or answer 503",
+    )
     _jwt_arguments(update)
     show = project_commands.add_parser("show", help="plan, limits, CORS allowlist")
     show.add_argument("--json", action="store_true")
@@ -106,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("id", nargs="?", help="request id or a unique prefix (>= 6 chars)")
     trace.add_argument("--last", type=int, metavar="N", help="list the N most recent requests")
     trace.add_argument("--json", action="store_true")
+
+    tls = commands.add_parser("tls", help="the local certificate authority (docs/tls.md)")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    tls_commands.add_parser("ca", help="print the CA certificate's path (for curl --cacert)")
+    for action, text in (("trust", "add the CA to"), ("untrust", "remove the CA from")):
+        store = tls_commands.add_parser(action, help=f"{text} the system and NSS stores")
+        store.add_argument(
+            "--store",
+            action="append",
+            choices=("system", "nss"),
+            dest="stores",
+            help="only this store (repeatable; default: both)",
+        )
+        store.add_argument("--system-root", type=Path, metavar="DIR", help="default /")
+        store.add_argument("--nss-db", type=Path, metavar="DIR", help="default ~/.pki/nssdb")
 
     from .logs import add_arguments as logs_arguments
 
@@ -172,6 +217,16 @@ def _log_arguments(parser: argparse.ArgumentParser, *, dev: bool) -> None:
     )
 
 
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """HTTPS and HTTP/2 on the same port (docs/tls.md)."""
+    group = parser.add_argument_group("HTTPS")
+    group.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a certificate of the local CA"
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve this certificate")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key")
+
+
 def _pool_arguments(parser: argparse.ArgumentParser) -> None:
     """Worker pool sizing, per function (docs/runtimes.md)."""
 
@@ -187,7 +242,7 @@ def _pool_arguments(parser: argparse.ArgumentParser) -> None:
         type=count,
         default=DEFAULT_POOL.max_workers,
         metavar="N",
-        help="most concurrent invocations of one function (default %(default)s)",
+        help="most workers of one function (default: one per CPU, at least 2, here %(default)s)",
     )
     group.add_argument(
         "--min-workers",
@@ -243,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "init":
         return commands.init(args.dir)
+    if args.command == "tls":
+        return commands.tls(args)
     project_dir = _project(args)
     handler = {
         "deploy": commands.deploy,
@@ -255,8 +312,15 @@ def run(args: argparse.Namespace) -> int:
         "jwt": commands.jwt,
         "logs": commands.logs,
         "dashboard": commands.dashboard,
+        "secrets": _secrets,
     }[args.command]
     return handler(project_dir, args)
+
+
+def _secrets(project_dir: Path, args: argparse.Namespace) -> int:
+    from .secretcmd import secrets_command
+
+    return secrets_command(project_dir, args)
 
 
 def _project(args: argparse.Namespace) -> Path:

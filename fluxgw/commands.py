@@ -6,9 +6,9 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .console import warn
+from .console import say, warn
 from .deploy import Deployment, load_deployment
 from .deploy import deploy as deploy_functions
 from .errors import FluxError
@@ -18,6 +18,10 @@ from .ratelimit import PLANS
 from .runtime.options import InvalidPoolOptions, PoolOptions
 from .settings import load_settings, update_settings
 from .state import StateDir
+from .store.config import load_store_config
+
+if TYPE_CHECKING:
+    from .tls import CertFiles
 
 TEMPLATE = Path(__file__).parent / "templates" / "init"
 
@@ -67,9 +71,9 @@ def print_routes(deployment: Deployment, *, problems: bool = True) -> None:
                 warn(f"function {spec.name}: {problem}")
 
 
-def _deploy_and_print(state: StateDir) -> None:
+def _deploy_and_print(state: StateDir, dotenv: Path | None = None) -> None:
     load_settings(state, create=True)
-    deployment = deploy_functions(state)
+    deployment = deploy_functions(state, dotenv=dotenv)
     print(f"Deployed version {deployment.version} ({len(deployment.functions)} functions):")
     print_routes(deployment)
     from .auth.commands import deploy_warnings
@@ -98,6 +102,8 @@ def routes(project_dir: Path, args: argparse.Namespace) -> int:
 def serve(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
+    if args.workers != 1:
+        return _serve_workers(project_dir, args)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
@@ -107,7 +113,10 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
         log_format=args.log_format or "text",
         loop=args.loop,
         max_connections=args.max_connections,
+        reuse_port=args.reuse_port,
+        sandbox=not args.no_sandbox,
         pool=pool_options(args),
+        tls=tls_options(args),
         **dashboard_options(args),
     )
     if load_deployment(StateDir(project_dir)).version == 0:
@@ -116,6 +125,26 @@ def serve(project_dir: Path, args: argparse.Namespace) -> int:
             "(the gateway picks it up without a restart)"
         )
     return run_server(config)
+
+
+def _serve_workers(project_dir: Path, args: argparse.Namespace) -> int:
+    """`flux serve --workers N`: N processes on one port, sharing the Redis store."""
+    from .multiserve import run_workers
+
+    if args.workers < 1:
+        raise FluxError("--workers must be at least 1")
+    if load_store_config(StateDir(project_dir)).redis is None:
+        raise FluxError(
+            "--workers needs the Redis store: with files, limits, the queue and key usage "
+            "have one owner per folder (flux project update --store redis://HOST:PORT/DB)"
+        )
+    pool_options(args)  # validated before any process starts
+    child = ["--project", str(project_dir), "serve", "--host", args.host, "--loop", args.loop]
+    child += ["--max-workers", str(args.max_workers), "--min-workers", str(args.min_workers)]
+    child += ["--idle-timeout", str(args.idle_timeout)]
+    child += ["--prewarm"] if args.prewarm else []
+    child += ["--no-tracing"] if args.no_tracing else []
+    return run_workers(child, args.host, args.port, args.workers, project_dir)
 
 
 def pool_options(args: argparse.Namespace) -> PoolOptions:
@@ -148,10 +177,42 @@ def dashboard(project_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def tls_options(args: argparse.Namespace) -> CertFiles | None:
+    """What to serve HTTPS with, from `--tls` / `--tls-cert` + `--tls-key` (docs/tls.md)."""
+    from . import tls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise FluxError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        return tls.check_given(args.tls_cert, args.tls_key)
+    if not args.tls:
+        return None
+    files = tls.local_certificate()
+    tls.trust_in_functions(tls.local_function_trust())
+    say(f"HTTPS with the flux local CA: curl --cacert {tls.ensure_ca().cert} (or flux tls trust)")
+    return files
+
+
+def tls(args: argparse.Namespace) -> int:
+    from . import tls, tls_trust
+
+    ca = tls.ensure_ca()
+    if args.tls_command == "ca":
+        print(ca.cert)
+        return 0
+    stores = tuple(args.stores or tls_trust.STORES)
+    root, db = tls_trust.system_root(args.system_root), tls_trust.nss_db(args.nss_db)
+    change = tls_trust.trust if args.tls_command == "trust" else tls_trust.untrust
+    for line in change(ca, stores, root, db):
+        print(line)
+    return 0
+
+
 def dev(project_dir: Path, args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server
 
-    _deploy_and_print(StateDir(project_dir))
+    dotenv = project_dir / "functions" / ".env"  # local secrets, over the stored ones
+    _deploy_and_print(StateDir(project_dir), dotenv)
     config = ServerConfig(
         project_dir=project_dir,
         host=args.host,
@@ -160,7 +221,10 @@ def dev(project_dir: Path, args: argparse.Namespace) -> int:
         log_format=args.log_format or "text",
         loop=args.loop,
         max_connections=args.max_connections,
+        sandbox=not args.no_sandbox,
+        dotenv=dotenv,
         pool=pool_options(args),
+        tls=tls_options(args),
         **dashboard_options(args),
     )
     return run_server(config)
@@ -225,8 +289,13 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
     state = StateDir(project_dir)
     if args.project_command == "update":
         tokens = auth_commands.wants_update(args)
-        if args.plan is None and args.cors_origins is None and not tokens:
-            raise FluxError("nothing to update: pass --plan, --cors-origin or --jwt-...")
+        moving = args.store is not None or args.store_fallback is not None
+        if args.plan is None and args.cors_origins is None and not tokens and not moving:
+            raise FluxError("nothing to update: pass --plan, --cors-origin, --jwt-... or --store")
+        if moving:
+            from .store.migrate import set_store
+
+            set_store(state, args.store or _current_store_url(state), args.store_fallback)
         if tokens:
             auth_commands.update(state, args)
         if args.plan is not None or args.cors_origins is not None:
@@ -243,6 +312,7 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
                 **settings.to_json(),
                 "limits": {"rate_per_minute": plan.rate_per_minute, "burst": plan.burst},
                 "jwt": tokens_shown,
+                "store": _store_json(state),
             }
         )
         return 0
@@ -251,7 +321,27 @@ def project(project_dir: Path, args: argparse.Namespace) -> int:
     print(f"cors origins: {origins}")
     for line in auth_commands.show_lines(tokens_shown):
         print(line)
+    store = load_store_config(state)
+    where = "files (.flux/)" if store.redis is None else store.redis.display
+    extra = "" if store.redis is None else f" (fallback: {store.fallback})"
+    print(f"store:       {where}{extra}")
     return 0
+
+
+def _store_json(state: StateDir) -> dict[str, Any]:
+    store = load_store_config(state)
+    if store.redis is None:
+        return {"kind": "files"}
+    return {"kind": "redis", "url": store.redis.display, "fallback": store.fallback}
+
+
+def _current_store_url(state: StateDir) -> str:
+    """`--store-fallback` alone keeps the store the project is on."""
+    store = load_store_config(state)
+    if store.redis is None:
+        raise FluxError("--store-fallback applies to the Redis store: pass --store redis://...")
+    data = state.read_json(state.root / "store.json")
+    return str(data["url"])
 
 
 def jwt(project_dir: Path, args: argparse.Namespace) -> int:
@@ -266,7 +356,12 @@ def trace(project_dir: Path, args: argparse.Namespace) -> int:
     from .tracing import AmbiguousPrefix, TraceNotFound
 
     state = StateDir(project_dir)
-    store = TraceStore(state.traces_db)
+    shared = load_store_config(state)
+    store: Any = TraceStore(state.traces_db)
+    if shared.redis is not None:  # traces of every instance (docs/redis.md)
+        from .store.redis_traces import RedisTraceReader
+
+        store = RedisTraceReader(shared)
     if args.last is not None:
         records = store.last(args.last)
         if args.json:

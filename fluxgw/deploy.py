@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ from .errors import ConfigError, StateError
 from .project import FieldError, FunctionSpec, load_functions
 from .routing import RouteTable
 from .safeio import clip
+from .secretstore import check_declared, current_secrets
 from .state import StateDir, fsync_dir
 
 KEEP_DEPLOYMENTS = 3  # old snapshots kept so workers draining them still find their files
@@ -75,10 +77,13 @@ def load_deployment(state: StateDir) -> Deployment:
     return Deployment(version=version, deployed_at=float(deployed_at), functions=tuple(functions))
 
 
-def deploy(state: StateDir) -> Deployment:
-    """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch."""
+def deploy(state: StateDir, *, dotenv: Path | None = None) -> Deployment:
+    """Validate every flux.json (raises ConfigError, nothing written), snapshot, switch.
+
+    A function naming a secret that is not stored (nor in ``dotenv``, `flux dev`) is refused."""
     project_dir = state.project_dir
     specs = load_functions(project_dir)  # validation first: a refused deploy writes nothing
+    check_declared(specs, current_secrets(state, dotenv), dev_env=dotenv)
     checked = snapshot.plan(project_dir / "functions")
     state.ensure()
     with state.lock():

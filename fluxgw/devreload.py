@@ -26,7 +26,8 @@ DEBOUNCE_MS = 300  # at most this long grouping a burst of changes (an editor's 
 
 
 def _relevant(change: watchfiles.Change, path: str) -> bool:
-    return watchfiles.DefaultFilter()(change, path) and not path.endswith((".pyc", "~"))
+    # functions/.env is no code: the gateway's reload loop picks it up without a redeploy.
+    return watchfiles.DefaultFilter()(change, path) and not path.endswith((".pyc", "~", "/.env"))
 
 
 async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: anyio.Event) -> None:
@@ -41,7 +42,9 @@ async def watch_and_redeploy(state: StateDir, gateway: Gateway, shutdown: anyio.
     ):
         started = time.perf_counter()
         try:
-            deployment = await anyio.to_thread.run_sync(deploy, state)
+            deployment = await anyio.to_thread.run_sync(
+                lambda: deploy(state, dotenv=gateway.options.dotenv)
+            )
         except FluxError as exc:
             error(f"change not deployed, still serving the last good version: {exc.message}")
             continue

@@ -8,7 +8,8 @@ read with a scoped key for that function.
 
 from __future__ import annotations
 
-import anyio
+from typing import TYPE_CHECKING
+
 import orjson
 
 from .errors import HttpError
@@ -23,6 +24,11 @@ from .runtime.pool import PoolManager
 from .safeio import shorten
 from .tracestore import TraceStore
 
+if TYPE_CHECKING:
+    from .store.backend import RedisBackend
+    from .store.redis_queue import RedisJobQueue
+    from .store.redis_traces import RedisTraceStore
+
 PREFIX = "/_flux/"
 HEALTH = "/_flux/health"
 METRICS = "/_flux/metrics"
@@ -30,11 +36,15 @@ INVOCATIONS = "/_flux/invocations/"
 PROMETHEUS = ("content-type", "text/plain; version=0.0.4; charset=utf-8")
 
 
-def health(live: LiveState) -> Answer:
+def health(live: LiveState, sandbox: str, store: RedisBackend | None = None) -> Answer:
+    """``sandbox``: how workers are isolated (docs/sandbox.md), said where monitoring looks;
+    ``store``: which store holds the state and whether it answers (docs/redis.md)."""
     payload = {
         "status": "ok",
         "deployment": live.deployment.version,
         "functions": len(live.deployment.functions),
+        "sandbox": sandbox,
+        "store": store.health_json() if store else {"kind": "files", "status": "ok"},
     }
     return Answer(200, [JSON, ("cache-control", "no-store")], orjson.dumps(payload))
 
@@ -43,12 +53,18 @@ class Endpoints:
     """The authenticated ``/_flux/`` endpoints, reading the gateway's parts."""
 
     def __init__(
-        self, metrics: Metrics, pool: PoolManager, queue: JobQueue, traces: TraceStore
+        self,
+        metrics: Metrics,
+        pool: PoolManager,
+        queue: JobQueue | RedisJobQueue,
+        traces: TraceStore | RedisTraceStore,
+        store: RedisBackend | None = None,
     ) -> None:
         self.metrics = metrics
         self.pool = pool
         self.queue = queue
         self.traces = traces
+        self.store = store
 
     async def answer(self, ex: Exchange, record: KeyRecord) -> Answer:
         ex.span["route"] = f"internal {ex.path}"
@@ -62,11 +78,12 @@ class Endpoints:
                 queue_depth=self.queue.depth(),
                 trace_backlog=self.traces.backlog,
                 trace_dropped=self.traces.dropped,
+                store=self.store.metrics() if self.store else None,
             )
             return Answer(200, [PROMETHEUS], text.encode())
         if ex.path.startswith(INVOCATIONS):
             request_id = ex.path[len(INVOCATIONS) :]
-            job = await anyio.to_thread.run_sync(self.queue.get, request_id)
+            job = await self.queue.fetch(request_id)
             if job is None or (record.functions and job.function not in record.functions):
                 raise HttpError(404, "not_found", f"no async invocation {request_id!r}")
             return Answer(200, [JSON], orjson.dumps(job_to_json(job)))

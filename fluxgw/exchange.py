@@ -7,6 +7,7 @@ the pipeline; ``span`` only collects the gateway span's attributes for the trace
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ from .auth.principal import Principal
 from .httpio import Headers
 from .live import LiveState
 from .runtime.api import FunctionFailed, InvocationResult, LogLine
+from .runtime.pool import Stream
 from .tracing import Span, invocation_spans
 
 
@@ -38,6 +40,10 @@ class Exchange:
     logs: tuple[LogLine, ...] = ()
     trace_id: str = ""
     message: str | None = None  # an error answer's human text (for the request log)
+    # A streamed answer: the pool's call stays open in ``resources`` until its body was sent.
+    resources: contextlib.AsyncExitStack = attrs.Factory(contextlib.AsyncExitStack)
+    stream: Stream | None = None
+    result: InvocationResult | None = None  # the streamed answer's head
 
     def ran(
         self,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -40,6 +42,7 @@ from .httpio import (
     Send,
     answer_lifespan,
     decode_headers,
+    drain_declared_body,
     error_body,
     read_body,
     send_response,
@@ -49,19 +52,31 @@ from .live import LiveLoader, LiveState
 from .metrics import Metrics
 from .project import FunctionSpec
 from .queue import JobQueue, QueueUnavailable, UnknownFunction
-from .ratelimit import GcraLimiter, policy_header, ratelimit_header
+from .ratelimit import Decision, GcraLimiter, Plan, policy_header, ratelimit_header
+from .redact import LogRedactionFilter
 from .runtime.api import FunctionFailed, Invocation, InvocationResult
 from .runtime.options import PoolOptions
 from .runtime.pool import PoolManager
+from .runtime.sandbox import Launcher, detect_sandbox
 from .safeio import shorten
+from .secretstore import affected_functions
 from .state import StateDir
+from .store import open_store
+from .store.shared_limiter import StoreUnavailable
+from .streaming import send_stream
 from .tracestore import TraceStore
 from .tracing import new_request_id, request_trace
+
+if TYPE_CHECKING:
+    from .store.redis_queue import RedisJobQueue
+    from .store.redis_traces import RedisTraceStore
 
 log = logging.getLogger("fluxgw.gateway")
 
 RELOAD_INTERVAL = 0.2  # s between stat checks of .flux/: a change is live within 1 s
 SAVE_INTERVAL = 2.0  # s between saves of limiter state and key last-used times
+# Loggers that can carry a function's output or error text: redacted like traces.
+REDACTED_LOGGERS = ("fluxgw.runtime", "fluxgw.gateway", "fluxgw.queue")
 
 
 @attrs.define
@@ -73,6 +88,8 @@ class GatewayOptions:
     tracing: bool = True
     max_body: int = MAX_BODY
     disk_reserve: bool = False  # keep .flux/space-reserve (flux serve/dev; reserve.py)
+    sandbox: bool = True  # run workers under bubblewrap when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env over the stored secrets
 
 
 class Gateway:
@@ -84,12 +101,22 @@ class Gateway:
         self.options = options or GatewayOptions()
         self.clock = self.options.clock
         self.limiter = GcraLimiter(self.clock)
-        self.pool = PoolManager(self.options.pool, wall_clock=self.clock)
-        self.loader = LiveLoader(state, self.clock)
-        self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
-        self.queue = JobQueue(state.queue_db)
+        # Workers get their declared env and secrets, inside the sandbox (detected in load()).
+        self.launcher = Launcher(variables=self._function_env)
+        self.pool = PoolManager(self.options.pool, wall_clock=self.clock, launcher=self.launcher)
+        self.loader = LiveLoader(state, self.clock, dotenv=self.options.dotenv)
+        # The shared store (docs/redis.md): None for the files store, the default.
+        self.store = open_store(state, clock=self.clock, tracing=self.options.tracing)
+        self.traces: TraceStore | RedisTraceStore  # same interface, per store
+        if self.store is not None:
+            state.documents = self.store.cache  # keys and settings come from Redis
+            self.traces = self.store.traces
+        else:
+            self.traces = TraceStore(state.traces_db, enabled=self.options.tracing)
+        self.queue: JobQueue | RedisJobQueue  # same interface, per store
+        self.queue = self.store.queue if self.store else JobQueue(state.queue_db)
         self.metrics = Metrics()
-        self.endpoints = Endpoints(self.metrics, self.pool, self.queue, self.traces)
+        self.endpoints = Endpoints(self.metrics, self.pool, self.queue, self.traces, self.store)
         self.feed = RequestFeed()  # completed requests and job events, live (docs/logs.md)
         self.key_usage: dict[str, float] = {}
         self._dirty = False
@@ -100,9 +127,15 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
         """Read .flux/ and restore limiter state (blocking; before serving)."""
+        if self.store is not None:
+            self.store.prime()  # the shared keys and settings, before the first request
+            self._live = self.loader.load()
+            return  # limiter state lives in Redis
         self._live = self.loader.load()
         if self.options.disk_reserve:  # space a revocation can use on a full disk
             reserve.ensure(self.state.root)
+        if not self.launcher.sandbox.enabled:
+            self.launcher.sandbox = detect_sandbox(self.options.sandbox)
         try:
             self.limiter.restore(self.state.read_epoch_map(self.state.ratelimit_file))
         except StateError as exc:  # limiter state only: serve with full buckets, say so once
@@ -119,11 +152,28 @@ class Gateway:
         """Make ``live`` the state new requests see; a new deployment gets new workers.
 
         Runs on the event loop (the pool's bookkeeping uses anyio primitives)."""
-        self._live = live
+        previous, self._live = self._live, live
         deployed = self._deployed_version
         if deployed is None or live.deployment.version != deployed:
             self._deployed_version = live.deployment.version
             self.pool.deploy(live.deployment.functions, prewarm=self.options.pool.prewarm)
+        elif previous is not None and previous.secrets != live.secrets:
+            # Only the functions using a changed secret get new workers (after in-flight work).
+            functions = live.deployment.functions
+            self.pool.refresh(affected_functions(functions, previous.secrets, live.secrets))
+
+    def _function_env(self, spec: FunctionSpec) -> dict[str, str]:
+        """A worker's declared environment: flux.json ``env``, then its secrets' values."""
+        secrets = self.live.secrets
+        return {**dict(spec.env), **{n: secrets[n] for n in spec.secrets if n in secrets}}
+
+    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
+        """Run a function; secret values in its logs and errors come back redacted."""
+        try:
+            result = await self.pool.invoke(spec, invocation)
+        except FunctionFailed as failure:
+            raise self.live.redactor.redact_failure(failure) from None
+        return self.live.redactor.redact_result(result)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -132,11 +182,15 @@ class Gateway:
         if self._live is None:
             await anyio.to_thread.run_sync(self.load)
         assert self._live is not None
+        redaction = LogRedactionFilter(lambda: self.live.redactor)
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(redaction)
         try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(self.pool.run)
                 self.install(self._live)
-                await tasks.start(self.traces.run)
+                # The Redis store's task runs its own trace writer.
+                await tasks.start(self.store.run if self.store else self.traces.run)
                 await tasks.start(self._reload_loop)
                 await tasks.start(self._save_loop)
                 await tasks.start(self._run_queue)
@@ -145,6 +199,8 @@ class Gateway:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await anyio.to_thread.run_sync(self.save_state, self.state_snapshot())
                 await self.pool.aclose()
+            for name in REDACTED_LOGGERS:
+                logging.getLogger(name).removeFilter(redaction)
 
     async def _run_queue(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -231,23 +287,35 @@ class Gateway:
             started_perf=time.perf_counter(),
             live=self.live,
         )
-        try:
-            status, headers, body = await self._pipeline(ex, scope, receive)
-        except HttpError as exc:
-            status, headers = exc.status, [*exc.headers, JSON]
-            body = error_body(exc.code, exc.message, ex.request_id)
-            ex.span.setdefault("error", exc.code)
-            ex.message = exc.message
-        except Exception:  # a bug of ours: still a proper answer with an id to trace
-            log.exception("internal error handling request %s", ex.request_id)
-            status, headers = 500, [JSON]
-            body = error_body("internal_error", "the gateway failed; see its log", ex.request_id)
-            ex.span["error"] = "internal_error"
-        headers = self._finish(ex, status, headers)
-        if self.feed.active:  # before the answer leaves, so an async job's events follow it
-            duration_ms = (time.perf_counter() - ex.started_perf) * 1000
-            self.feed.publish(exchange_event(ex, status, duration_ms))
-        await send_response(send, status, headers, body)
+        # The exit stack holds a streamed invocation open until its body has been sent.
+        async with ex.resources:
+            try:
+                status, headers, body = await self._pipeline(ex, scope, receive)
+            except HttpError as exc:
+                status, headers = exc.status, [*exc.headers, JSON]
+                body = error_body(exc.code, exc.message, ex.request_id)
+                ex.span.setdefault("error", exc.code)
+                ex.message = exc.message
+            except Exception:  # a bug of ours: still a proper answer with an id to trace
+                log.exception("internal error handling request %s", ex.request_id)
+                status, headers = 500, [JSON]
+                body = error_body(
+                    "internal_error", "the gateway failed; see its log", ex.request_id
+                )
+                ex.span["error"] = "internal_error"
+            headers = self._finish(ex, status, headers)
+            if ex.stream is None:
+                if self.feed.active:  # before the answer leaves: an async job's events follow
+                    duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                    self.feed.publish(exchange_event(ex, status, duration_ms))
+                await send_response(send, status, headers, body)
+            else:
+                await send_stream(send, receive, status, headers, ex.stream)
+        if ex.stream is not None:  # published once the stream ended, with how it ended
+            self._stream_spans(ex)
+            if self.feed.active:
+                duration_ms = (time.perf_counter() - ex.started_perf) * 1000
+                self.feed.publish(exchange_event(ex, status, duration_ms))
         self._record(ex, status)
 
     async def _pipeline(self, ex: Exchange, scope: Scope, receive: Receive) -> Answer:
@@ -256,9 +324,9 @@ class Gateway:
         if ex.method == "OPTIONS" and cors.is_preflight(ex.method, ex.headers):
             return self.preflight(ex)
         if ex.path == endpoints.HEALTH:
-            return endpoints.health(ex.live)
+            return endpoints.health(ex.live, self.launcher.sandbox.note, self.store)
         principal = await self.authenticate(ex)
-        self.admit(ex, principal)
+        await self.admit(ex, principal)
         if ex.path.startswith(endpoints.PREFIX):
             check_credential(principal, ex.path, ("key",))
             assert principal.record is not None
@@ -300,11 +368,14 @@ class Gateway:
             self.key_usage[principal.key_hash] = ex.started
         return principal
 
-    def admit(self, ex: Exchange, principal: Principal) -> None:
+    async def admit(self, ex: Exchange, principal: Principal) -> None:
         """The caller's rate limit, per key or token subject, against the project's plan;
         else 429."""
         plan = ex.live.plan
-        decision = self.limiter.check(principal.bucket, plan)
+        if self.store is None:
+            decision = self.limiter.check(principal.bucket, plan)
+        else:  # shared by every gateway of the project (docs/redis.md)
+            decision = await self._shared_admit(principal.bucket, plan)
         self._dirty = True
         ex.rate_headers = [
             ("ratelimit-policy", policy_header(plan)),
@@ -350,12 +421,17 @@ class Gateway:
         Bounded in time because hypercorn does not report a client that stalls or goes away:
         an unbounded read would hold the connection forever."""
         with anyio.move_on_after(spec.timeout) as reading:
-            body = await read_body(
-                receive,
-                ex.headers.get("content-length"),
-                self.options.max_body,
-                chunked="transfer-encoding" in ex.headers,
-            )
+            try:
+                body = await read_body(
+                    receive,
+                    ex.headers.get("content-length"),
+                    self.options.max_body,
+                    chunked="transfer-encoding" in ex.headers,
+                )
+            except HttpError as refused:
+                if refused.status == 413 and "transfer-encoding" not in ex.headers:
+                    await drain_declared_body(receive, ex.headers.get("content-length"))
+                raise
         if reading.cancelled_caught:
             raise HttpError(
                 408,
@@ -390,12 +466,44 @@ class Gateway:
             payload = {"request_id": ex.request_id, "status": "queued"}
             return Answer(202, [JSON], orjson.dumps(payload))
         try:
-            result = await self.pool.invoke(spec, invocation)
-        except FunctionFailed as failure:
+            opened = await ex.resources.enter_async_context(self.pool.open(spec, invocation))
+        except FunctionFailed as raw:  # secret values in its logs and errors: redacted
+            failure = self.live.redactor.redact_failure(raw)
             ex.ran(self.clock(), failure=failure)
-            raise HttpError(failure.status, failure.code, failure.message) from None
+            extra = [("retry-after", str(failure.retry_after))] if failure.retry_after else []
+            raise HttpError(failure.status, failure.code, failure.message, extra) from None
+        result = self.live.redactor.redact_result(opened.result)
+        if opened.stream is not None:  # its spans once it ended: see _stream_spans
+            ex.stream, ex.result = opened.stream, result
+            return Answer(result.status, function_headers(result.headers), b"")
         ex.ran(self.clock(), result=result)
         return Answer(result.status, function_headers(result.headers), result.body)
+
+    def _stream_spans(self, ex: Exchange) -> None:
+        """A streamed call's spans: its whole duration, how the stream ended, bytes, chunks,
+        time to first byte; its logs are complete only now (docs/runtimes.md, "Streaming")."""
+        stream, result = ex.stream, ex.result
+        assert stream is not None and result is not None
+        run_ms = (anyio.current_time() - stream.started) * 1000
+        result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
+        ex.ran(self.clock(), result=self.live.redactor.redact_result(result))
+        ex.extra_spans[-1].attributes.update(stream.attributes())
+        ex.span["stream"] = stream.outcome
+
+    async def _shared_admit(self, bucket: str, plan: Plan) -> Decision:
+        """The Redis store's limiter; with the ``closed`` fallback, an outage is a 503."""
+        assert self.store is not None
+        try:
+            return await self.store.limiter.check(bucket, plan)
+        except StoreUnavailable:
+            self.metrics.count_store_unavailable()
+            raise HttpError(
+                503,
+                "store_unavailable",
+                "the shared store is unreachable and this project refuses requests meanwhile "
+                "(store fallback: closed); retry shortly",
+                [("retry-after", "1")],
+            ) from None
 
     # -- every answer ------------------------------------------------------------------------
     def _finish(self, ex: Exchange, status: int, headers: Headers) -> Headers:
@@ -427,7 +535,7 @@ class Gateway:
         if spec is None:  # removed by a redeploy: fail the job at once, no retries
             raise UnknownFunction(function)
         fresh = attrs.evolve(invocation, deadline=self.clock() + spec.timeout)
-        return await self.pool.invoke(spec, fresh)
+        return await self.invoke(spec, fresh)
 
     def _on_queue_event(self, event: QueueEvent) -> None:
         self.traces.record_queue_event(event)

@@ -26,6 +26,7 @@ class Answer(NamedTuple):
 
 
 MAX_BODY = 6 * 1024 * 1024  # docs/reference.md#status-codes: 6 MiB
+DRAIN_LIMIT = 2 * MAX_BODY  # most bytes of a refused body read (and dropped) before the 413
 # Set by the gateway or meaningless across a proxy: never copied from a function's response.
 HOP_BY_HOP = frozenset(
     {
@@ -90,6 +91,29 @@ async def read_body(
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def drain_declared_body(receive: Receive, declared_length: str | None) -> None:
+    """Read and drop a body refused from its Content-Length (nothing of it read yet), when it
+    is at most DRAIN_LIMIT bytes (docs/tls.md).
+
+    An HTTP/1.1 client that is still sending when the server closes the connection sees a
+    write error instead of the 413 (over TLS always: the unread bytes make the close a reset).
+    Taking in a bounded body first lets it read the answer; a larger one is cut off.
+    """
+    try:
+        budget = int(declared_length or "")
+    except ValueError:
+        return
+    if budget > DRAIN_LIMIT:
+        return
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def too_large(limit: int) -> HttpError:

@@ -17,7 +17,7 @@ import attrs
 
 from .jobs import Job
 
-RETRY_STATUSES = (502, 504)  # failures a retry may cure; others (e.g. 413) fail at once
+RETRY_STATUSES = (502, 503, 504)  # failures a retry may cure (503: no capacity); others fail
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ of three small files (fingerprint: mtime, size, inode), and parses them in a wor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -21,7 +21,9 @@ from .errors import StateError
 from .keyfile import load_records
 from .keys import KeyStore, KeyStoreError
 from .ratelimit import PLANS, Plan
+from .redact import EMPTY, Redactor
 from .routing import RouteTable
+from .secretstore import current_secrets, secrets_file
 from .settings import ProjectSettings, load_settings
 from .state import Fingerprint, StateDir, fingerprint
 
@@ -35,6 +37,8 @@ class LiveState:
     deployment: Deployment
     routes: RouteTable
     tokens: TokenVerifier | None = None  # None: the project takes no user tokens
+    secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # name -> value
+    redactor: Redactor = attrs.field(default=EMPTY, repr=False)
 
 
 @attrs.frozen
@@ -43,14 +47,22 @@ class Fingerprints:
     keys: Fingerprint
     deployment: Fingerprint
     tokens: Fingerprint = None
+    secrets: Fingerprint = None
+    dotenv: Fingerprint = None
 
 
 class LiveLoader:
     """Loads LiveState from .flux/, reusing the parts whose file did not change."""
 
-    def __init__(self, state: StateDir, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        clock: Callable[[], float] | None = None,
+        dotenv: Path | None = None,
+    ) -> None:
         self.state = state
         self.clock = clock or time.time  # for token time checks and the key set cache
+        self.dotenv = dotenv  # `flux dev`: functions/.env, over the stored secrets
         self.seen: Fingerprints | None = None
         self.current: LiveState | None = None
         # A corrupt file is parsed (and reported) once per distinct content, not every 200 ms:
@@ -60,10 +72,12 @@ class LiveLoader:
 
     def fingerprints(self) -> Fingerprints:
         return Fingerprints(
-            settings=fingerprint(self.state.settings_file),
-            keys=fingerprint(self.state.keys_file),
-            deployment=fingerprint(self.state.deployment_file),
-            tokens=fingerprint(settings_path(self.state)),
+            settings=self.state.fingerprint(self.state.settings_file),
+            keys=self.state.fingerprint(self.state.keys_file),
+            deployment=self.state.fingerprint(self.state.deployment_file),
+            tokens=self.state.fingerprint(settings_path(self.state)),
+            secrets=self.state.fingerprint(secrets_file(self.state)),
+            dotenv=fingerprint(self.dotenv) if self.dotenv else None,
         )
 
     def changed(self) -> bool:
@@ -127,6 +141,15 @@ class LiveLoader:
             tokens = TokenVerifier(token_settings, self.clock) if token_settings else None
         else:
             tokens = old.tokens
+        if (
+            old is None
+            or previous is None
+            or (marks.secrets, marks.dotenv) != (previous.secrets, previous.dotenv)
+        ):
+            secrets: Mapping[str, str] = current_secrets(self.state, self.dotenv)
+            redactor = Redactor(secrets)
+        else:
+            secrets, redactor = old.secrets, old.redactor
         live = LiveState(
             settings=settings,
             plan=PLANS[settings.plan],
@@ -135,6 +158,8 @@ class LiveLoader:
             deployment=deployment,
             routes=routes,
             tokens=tokens,
+            secrets=secrets,
+            redactor=redactor,
         )
         self.current, self.seen = live, marks
         return live

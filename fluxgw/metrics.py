@@ -80,6 +80,7 @@ class Metrics:
         self._requests: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._rate_limited = 0
+        self._store_unavailable = 0
         self.series = RequestSeries()  # the dashboard's last 15 minutes, per second
 
     def observe_request(self, function: str | None, status: int, duration_s: float) -> None:
@@ -99,6 +100,10 @@ class Metrics:
     def count_rate_limited(self) -> None:
         """Count one request refused with 429."""
         self._rate_limited += 1
+
+    def count_store_unavailable(self) -> None:
+        """Count one request refused with 503 because the shared store was unreachable."""
+        self._store_unavailable += 1
 
     def function_summary(self) -> dict[str, dict[str, Any]]:
         """Per function since start: requests, errors (5xx) and p50 in ms, interpolated in
@@ -124,10 +129,12 @@ class Metrics:
         queue_depth: int,
         trace_backlog: int,
         trace_dropped: int,
+        store: Mapping[str, int] | None = None,
     ) -> str:
         """The whole exposition: HELP/TYPE lines, then samples, one metric family at a time.
 
-        ``workers`` maps a function name to its worker counts by state ("busy", "idle").
+        ``workers`` maps a function name to its worker counts by state ("busy", "idle") and its
+        invocation counts ("in_flight", "waiting").
         """
         out: list[str] = []
 
@@ -161,9 +168,17 @@ class Metrics:
 
         family("flux_workers", "gauge", "Worker processes, by function and state.")
         for function, states in sorted(workers.items()):
-            for state, count in sorted(states.items()):
+            for state in ("busy", "idle"):
                 labels = _labels((("function", function), ("state", state)))
-                out.append(f"flux_workers{labels} {count}")
+                out.append(f"flux_workers{labels} {states.get(state, 0)}")
+        for name, key, help_text in (
+            ("flux_invocations_in_flight", "in_flight", "Invocations running, by function."),
+            ("flux_invocations_waiting", "waiting", "Calls waiting for a worker, by function."),
+        ):
+            family(name, "gauge", help_text)
+            for function, states in sorted(workers.items()):
+                labels = _labels((("function", function),))
+                out.append(f"{name}{labels} {states.get(key, 0)}")
 
         family("flux_queue_depth", "gauge", "Async invocations queued or running.")
         out.append(f"flux_queue_depth {queue_depth}")
@@ -175,6 +190,19 @@ class Metrics:
             "Traces dropped because the writer fell behind or failed.",
         )
         out.append(f"flux_traces_dropped_total {trace_dropped}")
+        if store is not None:  # the Redis store (docs/redis.md)
+            family("flux_store_up", "gauge", "1 while the shared store answers, else 0.")
+            out.append(f"flux_store_up {store['up']}")
+            family("flux_store_outages_total", "counter", "Shared-store outages since start.")
+            out.append(f"flux_store_outages_total {store['outages']}")
+            family("flux_store_failures_total", "counter", "Failed shared-store calls.")
+            out.append(f"flux_store_failures_total {store['failures']}")
+            family(
+                "flux_store_unavailable_total",
+                "counter",
+                "Requests refused with 503 while the store was unreachable (fallback closed).",
+            )
+            out.append(f"flux_store_unavailable_total {self._store_unavailable}")
         return "\n".join(out) + "\n"
 
 

@@ -30,7 +30,27 @@ SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 MAX_ROUTE = 1024
 RESERVED_PREFIX = "/_flux"
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 30
-KNOWN_FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry", "auth")
+# Pool and limit fields (docs/runtimes.md): invocations per worker, workers per function, MiB.
+MAX_CONCURRENCY = 10_000
+MAX_WORKERS = 256
+MIN_MEMORY, MAX_MEMORY, DEFAULT_MEMORY = 64, 16_384, 512
+KNOWN_FIELDS = (
+    "name",
+    "runtime",
+    "route",
+    "method",
+    "async",
+    "timeout",
+    "entry",
+    "auth",
+    "secrets",
+    "env",
+    "concurrency",
+    "max_workers",
+    "memory",
+)
+# deployment.json fields every version has written; the others may be missing in older ones
+REQUIRED_IN_DEPLOYMENT = ("name", "runtime", "route", "method", "async", "timeout", "entry")
 AUTH_KINDS = ("key", "jwt")  # docs/auth.md: the credentials a function may take
 MAX_FLUX_JSON = 64 * 1024  # bytes; a flux.json is a few hundred
 
@@ -145,6 +165,11 @@ class FunctionSpec:
     auth: tuple[str, ...] = attrs.field(  # credentials accepted: "key" and/or "jwt"
         default=("key",), validator=_check(_auth_problem)
     )
+    secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
+    env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
+    concurrency: int | None = None  # per worker; None: the runtime's default
+    max_workers: int | None = None  # per function; None: the gateway's setting
+    memory: int = DEFAULT_MEMORY  # MiB of RSS per worker
 
     @property
     def entry_path(self) -> Path:
@@ -161,6 +186,11 @@ class FunctionSpec:
             "entry": self.entry,
             "directory": str(self.directory),
             "auth": list(self.auth),
+            "secrets": list(self.secrets),
+            "env": dict(self.env),
+            "concurrency": self.concurrency,
+            "max_workers": self.max_workers,
+            "memory": self.memory,
         }
 
     @classmethod
@@ -170,7 +200,7 @@ class FunctionSpec:
             raise FieldError("function", f"must be a JSON object, got {clip(data)}")
         known = (*KNOWN_FIELDS, "directory")
         for field in known:
-            if field not in data and field != "auth":  # older deployments have no auth
+            if field not in data and field in REQUIRED_IN_DEPLOYMENT:  # newer ones are optional
                 raise FieldError(field, "is missing")
         for field in data:
             if field not in known:
@@ -187,6 +217,11 @@ class FunctionSpec:
             is_async=data["async"],
             timeout=data["timeout"],
             auth=_auth_tuple(data.get("auth", ["key"])),
+            secrets=tuple(data.get("secrets", ())),
+            env=tuple(sorted(data.get("env", {}).items())),
+            concurrency=data.get("concurrency"),
+            max_workers=data.get("max_workers"),
+            memory=int(data.get("memory") or DEFAULT_MEMORY),
         )
 
 
@@ -260,6 +295,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
     timeout = _require_type(shown, "timeout", data.get("timeout", 30), (int, float), "a number")
     _require(shown, "timeout", _timeout_problem(timeout))
     auth = _parse_auth(shown, data.get("auth", "key"))
+    concurrency = _optional_int(shown, data, "concurrency", 1, MAX_CONCURRENCY)
+    max_workers = _optional_int(shown, data, "max_workers", 1, MAX_WORKERS)
+    memory = _optional_int(shown, data, "memory", MIN_MEMORY, MAX_MEMORY) or DEFAULT_MEMORY
     default_entry = DEFAULT_ENTRY[runtime]
     entry = _require_type(shown, "entry", data.get("entry", default_entry), str, "a string")
     _require(shown, "entry", _entry_problem(entry))
@@ -274,6 +312,9 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(shown, "entry", f"{clip(entry)} must stay inside the function folder")
     if not exists:
         raise ConfigError(shown, "entry", f"entry file {clip(entry)} does not exist in {folder}")
+    from .envspec import parse_env_fields
+
+    secret_names, env = parse_env_fields(shown, data)
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -284,7 +325,21 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         is_async=is_async,
         timeout=float(timeout),
         auth=auth,
+        secrets=secret_names,
+        env=env,
+        concurrency=concurrency,
+        max_workers=max_workers,
+        memory=memory,
     )
+
+
+def _optional_int(file: str, data: dict[str, Any], field: str, low: int, high: int) -> int | None:
+    if field not in data:
+        return None
+    value = _require_type(file, field, data[field], int, "an integer")
+    if not low <= value <= high:
+        raise ConfigError(file, field, f"{value} is out of range ({low}-{high})")
+    return value
 
 
 def _parse_auth(shown: str, value: Any) -> tuple[str, ...]:

@@ -208,6 +208,15 @@ class JobQueue:
             conn.close()
         return [job_from_row(row) for row in rows]
 
+    async def fetch(self, request_id: str) -> Job | None:
+        """:meth:`get` off the event loop (``GET /_flux/invocations/ID``); the Redis store's
+        queue has the same method, so the endpoint does not care which store it runs on."""
+        return await anyio.to_thread.run_sync(self.get, request_id)
+
+    async def fetch_recent(self, limit: int) -> list[Job]:
+        """:meth:`recent` off the event loop (the dashboard's jobs page)."""
+        return await anyio.to_thread.run_sync(self.recent, limit)
+
     # -- dispatcher -----------------------------------------------------------------------
 
     async def run_dispatcher(

@@ -31,11 +31,14 @@ from hypercorn.config import Config
 from .admin.handoff import withdraw_listener
 from .connguard import DEFAULT_MAX_CONNECTIONS, effective_limit, raise_open_file_limit
 from .connguard import install as install_connection_cap
-from .console import configure_logging, say
+from .console import configure_logging, say, warn
 from .errors import FluxError
 from .gateway import Gateway, GatewayOptions
 from .runtime.options import PoolOptions
+from .runtime.sandbox import Sandbox, mark_non_dumpable
 from .state import StateDir
+from .store.config import load_store_config
+from .tls import CertFiles
 
 log = logging.getLogger("fluxgw.server")
 
@@ -55,34 +58,50 @@ class ServerConfig:
     pool: PoolOptions = attrs.Factory(PoolOptions)  # `flux dev` always pre-warms
     loop: Loop = "trio"
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # docs/limits.md
+    reuse_port: bool = False  # one of `--workers N` processes (docs/redis.md)
     dashboard: bool = True  # the admin listener (docs/dashboard.md)
     dashboard_port: int | None = None  # None: 4001, or a free port when 4001 is taken
     log_requests: bool = False  # a line per request on stdout (`flux dev`: always)
     log_format: str = "text"  # or "json": one object per line (docs/logs.md)
+    sandbox: bool = True  # bubblewrap around workers when it works here (docs/sandbox.md)
+    dotenv: Path | None = None  # `flux dev`: functions/.env
+    tls: CertFiles | None = None  # HTTPS with this certificate (docs/tls.md)
 
 
-def hypercorn_config(host: str, port: int, grace_period: float) -> Config:
-    config = Config()
+def hypercorn_config(
+    host: str, port: int, grace_period: float, tls: CertFiles | None = None
+) -> Config:
+    from . import http2
+
+    http2.install()
+    config = http2.FluxHypercornConfig()
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        config.alpn_protocols = http2.ALPN
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = grace_period
     config.keep_alive_timeout = 75  # longer than common client pools' idle timeouts
+    # hypercorn calls listen(backlog) again (default 100): 1,000 clients connecting at once
+    # would see dropped SYNs and retry after 1-3 s (docs/runtimes.md, "Concurrency").
+    config.backlog = 1024
     config.accesslog = None
     config.include_server_header = False  # do not advertise the server software and version
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind and listen here, not in hypercorn: the same code for both of its workers (its
     asyncio ``serve`` does not report the bound address, needed for port 0), and a port in use
     fails before anything else starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def run_hypercorn(app: Any, config: Config, shutdown: Callable[[], Awaitable[Any]]) -> None:
@@ -105,12 +124,14 @@ async def serve_gateway(
     grace_period: float = 10.0,
     shutdown: anyio.Event,
     on_ready: Callable[[list[str]], None] | None = None,
+    reuse_port: bool = False,
+    tls: CertFiles | None = None,
     task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run gateway + hypercorn until ``shutdown`` is set; reports the bound URLs."""
-    sock = listen_socket(host, port)
-    binds = [_url(sock)]
-    config = hypercorn_config(host, port, grace_period)
+    sock = listen_socket(host, port, reuse_port=reuse_port)
+    binds = [_url(sock, tls is not None)]
+    config = hypercorn_config(host, port, grace_period, tls)
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
     async with anyio.create_task_group() as background:
         await background.start(gateway.run)
@@ -132,9 +153,12 @@ async def _main(config: ServerConfig) -> None:
             tracing=config.tracing,
             pool=attrs.evolve(config.pool, prewarm=True) if config.dev else config.pool,
             disk_reserve=True,
+            sandbox=config.sandbox,
+            dotenv=config.dotenv,
         ),
     )
     await anyio.to_thread.run_sync(gateway.load)
+    announce_sandbox(gateway.launcher.sandbox)
     dashboard = None
     if config.dashboard:
         from .admin.serve import DashboardListener
@@ -178,6 +202,8 @@ async def _main(config: ServerConfig) -> None:
             grace_period=config.grace_period,
             shutdown=shutdown,
             on_ready=ready,
+            reuse_port=config.reuse_port,
+            tls=config.tls,
         )
         tasks.cancel_scope.cancel()
 
@@ -213,6 +239,9 @@ def single_gateway(state: StateDir) -> Iterator[None]:
     first one's running jobs. Refuse it with a clear message instead.
     """
     state.ensure()
+    if load_store_config(state).redis is not None:
+        yield  # on the Redis store, any number of gateways share one state (docs/redis.md)
+        return
     path = state.root / "gateway.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -231,6 +260,18 @@ def single_gateway(state: StateDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def announce_sandbox(sandbox: Sandbox) -> None:
+    """Said once at start: whether functions run in the sandbox, and if not what that means."""
+    if sandbox.enabled:
+        say(f"workers run sandboxed ({sandbox.note})")
+        return
+    warn(
+        f"workers run WITHOUT a sandbox ({sandbox.note}): a function can read what the "
+        "gateway's user can read, .flux/ included (docs/sandbox.md)",
+        once="sandbox",
+    )
+
+
 def backend(loop: Loop) -> dict[str, Any]:
     """``anyio.run`` arguments for ``loop``: asyncio runs on uvloop when it is installed."""
     if loop == "trio":
@@ -244,6 +285,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 
 def run_server(config: ServerConfig) -> int:
     configure_logging(json_requests=config.log_format == "json")
+    mark_non_dumpable()
     failure: OSError | None = None
     if config.max_connections < 1:
         raise FluxError("--max-connections must be >= 1")

@@ -25,7 +25,7 @@ from .safeio import clip, file_kind
 
 MAX_FILES = 10_000
 MAX_BYTES = 256 * 1024 * 1024
-IGNORED = ("__pycache__", "*.pyc", ".DS_Store")
+IGNORED = ("__pycache__", "*.pyc", ".DS_Store", ".env")  # .env: local secrets (flux dev)
 _CHUNK = 1 << 20
 
 

@@ -17,12 +17,15 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import reserve
 from .errors import StateError
 from .safeio import UnsafeInput, clip, read_regular_file, shorten
 from .safeio import loads as safe_loads
+
+if TYPE_CHECKING:
+    from .store.documents import Documents
 
 GITIGNORE = "# Written by the flux command: keys, limiter state, traces. Never commit.\n*\n"
 PRIVATE_FILE = 0o600
@@ -36,10 +39,19 @@ LOCKED_FILES = (
     "ratelimit.json",
     "key-usage.json",
     "jwt.json",
+    "secrets.json",
 )
 
 Fingerprint = tuple[int, int, int] | None
 MAX_STATE_FILE = 512 * 1024 * 1024  # keys.json of 1,000,000 keys is ~250 MB
+SHARED_DOCUMENTS = ("keys.json", "project.json")  # the files a Redis store holds instead
+
+
+class _Unset:
+    pass
+
+
+_UNSET = _Unset()
 
 
 class StateDir:
@@ -48,6 +60,20 @@ class StateDir:
     def __init__(self, project_dir: Path) -> None:
         self.project_dir = project_dir
         self.root = project_dir / ".flux"
+        # keys.json and project.json live in Redis when .flux/store.json says so
+        # (docs/redis.md); resolved on first use, None for the files store.
+        self.documents: Documents | _Unset | None = _UNSET
+        self._read_versions: dict[str, int] = {}
+
+    def _shared(self, path: Path) -> Documents | None:
+        """The shared store holding ``path``, or None when it is a file in .flux/."""
+        if path.parent != self.root or path.name not in SHARED_DOCUMENTS:
+            return None
+        if isinstance(self.documents, _Unset):
+            from .store.documents import open_documents
+
+            self.documents = open_documents(self)
+        return self.documents
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -121,15 +147,34 @@ class StateDir:
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
+    def reset_store(self) -> None:
+        """Forget which store holds the shared documents (after `--store` switched it)."""
+        self.documents = _UNSET
+
+    def fingerprint(self, path: Path) -> Fingerprint:
+        """:func:`fingerprint` of a state file, or the version of a shared document."""
+        shared = self._shared(path)
+        if shared is not None:
+            return (shared.read(path.name)[0], -1, -1)
+        return fingerprint(path)
+
     # -- files -------------------------------------------------------------------------------
     def read_json(self, path: Path, default: Any = None) -> Any:
         """Parsed content of ``path``, ``default`` if it does not exist; StateError if corrupt."""
-        try:
-            raw = read_regular_file(path, MAX_STATE_FILE)
-        except FileNotFoundError:
-            return default
-        except OSError as exc:
-            raise StateError(str(path), f"cannot read: {exc.strerror}") from None
+        shared = self._shared(path)
+        if shared is not None:
+            version, payload = shared.read(path.name)
+            self._read_versions[path.name] = version  # what a write must still find there
+            if payload is None:
+                return default
+            raw, path = payload, Path(f"{shared.label}/{path.name}")
+        else:
+            try:
+                raw = read_regular_file(path, MAX_STATE_FILE)
+            except FileNotFoundError:
+                return default
+            except OSError as exc:
+                raise StateError(str(path), f"cannot read: {exc.strerror}") from None
         try:
             return safe_loads(raw)
         except UnsafeInput as exc:
@@ -165,6 +210,15 @@ class StateDir:
         lose to traces. The gateway's own periodic writes pass ``use_reserve=False``."""
         self.ensure()
         payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        shared = self._shared(path)
+        if shared is not None:
+            # Compare-and-set on the version this command read: a write by another machine
+            # in between is refused rather than overwritten.
+            if shared.write(path.name, payload, expected=self._read_versions.get(path.name, 0)) < 0:
+                raise StateError(
+                    f"{shared.label}/{path.name}", "was changed meanwhile; run the command again"
+                )
+            return
         try:
             try:
                 atomic_write_bytes(path, payload, mode=mode)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import functools
 import secrets
 import shutil
+import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ from .deploy import deploy
 from .gateway import Gateway, GatewayOptions
 from .keyfile import create_key, revoke_key
 from .runtime.options import DEFAULT_POOL, PoolOptions
+from .secretstore import set_secrets, unset_secrets
 from .settings import load_settings, update_settings
 from .state import StateDir
+from .tls import CertFiles, FunctionTrust, trust_in_functions, write_bundle
 
 __all__ = ["FakeClock", "FluxTestGateway", "IdentityProvider", "open_gateway"]
 
@@ -70,6 +73,7 @@ class FluxTestGateway:
     client: httpx.AsyncClient
     clock: FakeClock
     url: str
+    ca_cert: Path | None = None  # with tls=True: the test CA's PEM (what clients trust)
 
     @property
     def app(self) -> Gateway:
@@ -99,6 +103,15 @@ class FluxTestGateway:
 
     def set_cors_origins(self, origins: Iterable[str]) -> None:
         update_settings(self.state, cors_origins=list(origins))
+        self._reload()
+
+    def set_secret(self, name: str, value: str) -> None:
+        """Store a secret; functions declaring it get new workers with the value at once."""
+        set_secrets(self.state, {name: value}, time.time())
+        self._reload()
+
+    def unset_secret(self, name: str) -> None:
+        unset_secrets(self.state, [name])
         self._reload()
 
     def redeploy(self) -> None:
@@ -154,8 +167,18 @@ async def open_gateway(
     in_process: bool = False,
     tracing: bool = True,
     max_workers: int = DEFAULT_POOL.max_workers,
+    secrets: Mapping[str, str] | None = None,
+    sandbox: bool = True,
+    tls: bool = False,
 ) -> AsyncIterator[FluxTestGateway]:
-    """Start a gateway for a copy of ``project_dir`` (its functions/ folder)."""
+    """Start a gateway for a copy of ``project_dir`` (its functions/ folder); ``secrets`` are
+    stored before the deploy (functions may declare them), ``sandbox`` as `flux serve`'s.
+
+    ``tls=True`` serves HTTPS (HTTP/2 via ALPN) with a certificate of a throwaway CA
+    (trustme); ``gw.client`` and the functions trust that CA, and ``gw.ca_cert`` is its PEM.
+    """
+    if tls and in_process:
+        raise ValueError("tls=True needs a real socket: not with in_process=True")
     source = Path(project_dir)
     if not (source / "functions").is_dir():
         raise FileNotFoundError(f"{source} has no functions/ folder")
@@ -172,10 +195,17 @@ async def open_gateway(
         load_settings(state, create=True)
         if plan is not None:
             update_settings(state, plan=plan)
+        if secrets:
+            set_secrets(state, secrets, time.time())
         deploy(state)
         gateway = Gateway(
             state,
-            GatewayOptions(clock=clock, tracing=tracing, pool=PoolOptions(max_workers=max_workers)),
+            GatewayOptions(
+                clock=clock,
+                tracing=tracing,
+                pool=PoolOptions(max_workers=max_workers),
+                sandbox=sandbox,
+            ),
         )
         gateway.load()
         async with anyio.create_task_group() as tasks:
@@ -188,22 +218,51 @@ async def open_gateway(
             else:
                 from .server import serve_gateway
 
+                certificate = _test_certificate(Path(tmp)) if tls else None
                 shutdown = anyio.Event()
                 binds = await tasks.start(
                     functools.partial(
-                        serve_gateway, gateway, "127.0.0.1", 0, grace_period=2.0, shutdown=shutdown
+                        serve_gateway,
+                        gateway,
+                        "127.0.0.1",
+                        0,
+                        grace_period=2.0,
+                        shutdown=shutdown,
+                        tls=certificate,
                     )
                 )
                 url = binds[0]
-                client = httpx.AsyncClient(base_url=url, timeout=60)
+                verify: ssl.SSLContext | bool = True
+                if tls:
+                    verify = ssl.create_default_context(cafile=str(Path(tmp) / "ca.pem"))
+                client = httpx.AsyncClient(base_url=url, timeout=60, verify=verify, http2=tls)
             try:
-                yield FluxTestGateway(gateway, root, client, clock, url)
+                ca_cert = Path(tmp) / "ca.pem" if tls else None
+                yield FluxTestGateway(gateway, root, client, clock, url, ca_cert)
             finally:
+                if tls:
+                    trust_in_functions(None)
                 await client.aclose()
                 if shutdown is not None:
                     shutdown.set()
                 else:
                     tasks.cancel_scope.cancel()
+
+
+def _test_certificate(folder: Path) -> CertFiles:
+    """A throwaway CA (ca.pem) and its certificate for localhost, 127.0.0.1 and ::1; the
+    functions of this gateway trust the CA."""
+    import trustme
+
+    ca = trustme.CA(organization_name="flux test CA")
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    files = CertFiles(folder / "cert.pem", folder / "key.pem")
+    files.cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    bundle = write_bundle(folder / "ca.pem", folder / "bundle.pem")
+    trust_in_functions(FunctionTrust(folder / "ca.pem", bundle))
+    return files
 
 
 def _link_node_modules(source: Path, target: Path) -> None:

@@ -352,6 +352,14 @@ class TraceStore:
                 (now - ORPHAN_GRACE_S,),
             )
 
+    # -- readers: async for the dashboard (the Redis store's trace writer has the same) ---
+
+    async def read(self, id_or_prefix: str) -> TraceRecord:
+        return await anyio.to_thread.run_sync(self.get, id_or_prefix)
+
+    async def read_last(self, n: int) -> list[TraceRecord]:
+        return await anyio.to_thread.run_sync(self.last, n)
+
     # -- readers (CLI): sync, their own connection ----------------------------------------
 
     def get(self, id_or_prefix: str) -> TraceRecord:

@@ -10,8 +10,11 @@ like on a machine whose absolute speed drifts.
 Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.g.
 `dashboard`: throughput with 0 vs 10 dashboards on the live tail; `termlog`: flux serve with
 and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
-gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling).
-`--only NAME[,NAME]` runs
+gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling;
+`sandbox`: worker cold start and warm throughput with and without bubblewrap, and the cost of
+50 declared secrets; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime; `streaming`: a
+100 MB stream through the gateway vs bare hypercorn; `tls`: h2load over
+HTTPS/HTTP2 next to HTTP/1.1 and the bare hypercorn TLS ceiling). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
 
 Usage: scripts/bench [--quick] [--only NAME[,NAME]] [--out FILE] [--json FILE] [--profile]
@@ -29,8 +32,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import dashboard, devreload, inproc, loops, profile, report, servers, termlog
+from benchlib import (
+    concurrency,
+    dashboard,
+    devreload,
+    inproc,
+    loops,
+    profile,
+    report,
+    sandbox,
+    servers,
+    shared_store,
+    streaming,
+    termlog,
+)
 from benchlib import jwt as jwt_bench
+from benchlib import tls as tls_bench
 from benchlib.wrk import WrkResult, run_wrk, wrk_path, wrk_version
 
 from fluxgw.runtime.discovery import find_runtime
@@ -43,7 +60,12 @@ SECTIONS = {
     "dashboard": dashboard.measure,
     "termlog": termlog.measure,
     "jwt": jwt_bench.measure,
+    "concurrency": concurrency.section,  # many concurrent calls per runtime (issue 12)
+    "streaming": streaming.section,  # a 100 MB stream vs bare hypercorn (issue 15)
     "loops": loops.measure,
+    "sandbox": sandbox.section,
+    "redis": shared_store.measure,
+    "tls": tls_bench.section,
 }
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -87,7 +88,7 @@ async def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval:
 
 
 FLUX = str(Path(sys.executable).with_name("flux"))
-READY = re.compile(r"serving .* at (http://\S+)")
+READY = re.compile(r"serving .* at (https?://\S+)")
 
 
 def write_function(
@@ -214,7 +215,7 @@ def project(tmp_path: Path) -> Path:
 class PageServer:
     """Serves a page on its own loopback origin and collects what it POSTs back."""
 
-    def __init__(self, page: str) -> None:
+    def __init__(self, page: str, tls: tuple[Path, Path] | None = None) -> None:
         self.reports: list[dict] = []
         self.arrived = threading.Event()
         outer = self
@@ -239,7 +240,13 @@ class PageServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls:  # (certificate, key): an https origin
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:

@@ -21,7 +21,6 @@ from ..keyfile import create_key, load_records, load_usage, revoke_key
 from ..ratelimit import PLANS
 from ..settings import load_settings, update_settings
 from ..trace_render import trace_to_json
-from ..tracestore import TraceStore
 from ..tracing import AmbiguousPrefix, TraceNotFound
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ async def _route(
         case "GET", ["functions"]:
             return 200, _functions(app)
         case "GET", ["jobs"]:
-            jobs = await anyio.to_thread.run_sync(app.gateway.queue.recent, JOBS_SHOWN)
+            jobs = await app.gateway.queue.fetch_recent(JOBS_SHOWN)
             return 200, [_job_json(job) for job in jobs]
         case "GET", ["settings"]:
             return 200, _settings_json(await anyio.to_thread.run_sync(load_settings, app.state))
@@ -148,8 +147,7 @@ async def _create_key(app: AdminApp, data: Any) -> Answer:
 async def _recent(app: AdminApp) -> list[dict[str, Any]]:
     """The requests page's first rows: the newest traces, as `flux trace --last` lists them
     (read once per page load; the live tail then comes from the event stream)."""
-    store = TraceStore(app.gateway.traces.db_path)
-    records = await anyio.to_thread.run_sync(store.last, RECENT_SHOWN)
+    records = await app.gateway.traces.read_last(RECENT_SHOWN)
     return [
         {
             "request_id": r.request_id,
@@ -167,9 +165,8 @@ async def _recent(app: AdminApp) -> list[dict[str, Any]]:
 
 
 async def _trace(app: AdminApp, request_id: str) -> Answer:
-    store = TraceStore(app.gateway.traces.db_path)
     try:
-        record = await anyio.to_thread.run_sync(store.get, request_id)
+        record = await app.gateway.traces.read(request_id)
     except (TraceNotFound, AmbiguousPrefix) as exc:
         return _error(404, "not_found", exc.message)
     except ValueError as exc:

@@ -11,11 +11,12 @@ __all__ = ["Response"]
 
 
 class Response:
-    """What a python handler returns to set the status and headers (docs/reference.md#handlers).
+    """What a python handler returns to set the status and headers (docs/runtimes.md).
 
     ``body`` may be ``bytes`` (sent as is, ``application/octet-stream`` unless a content type
-    is given), ``str`` (``text/plain; charset=utf-8``), ``None`` (empty) or any JSON-able value
-    (``application/json``). ``headers`` is a dict or a list of ``(name, value)`` pairs; use
+    is given), ``str`` (``text/plain; charset=utf-8``), ``None`` (empty), any JSON-able value
+    (``application/json``), or a generator / async generator of ``str``/``bytes`` chunks,
+    which streams. ``headers`` is a dict or a list of ``(name, value)`` pairs; use
     pairs to send one name several times (``Set-Cookie``).
     """
 

@@ -2,8 +2,7 @@
 
 The gateway builds an :class:`Invocation` (the caller's ``Authorization`` already removed) and
 calls ``PoolManager.invoke(spec, invocation)``; it gets an :class:`InvocationResult` or a
-:class:`FunctionFailed` carrying the docs/reference.md#status-codes status, error code, message and
-the log lines
+:class:`FunctionFailed` carrying the HTTP status, error code, message and the log lines
 the function printed before failing.
 """
 
@@ -56,11 +55,13 @@ class InvocationResult:
     cold_start: bool = False  # True when this invocation had to start its worker
     queued_ms: float = 0.0  # waiting for a free worker slot (max_workers busy)
     startup_ms: float = 0.0  # cold start (spawn to ready), 0 when warm
-    run_ms: float = 0.0  # the call itself: request frame out to answer in
+    run_ms: float = 0.0  # the call itself: request frame out to answer (or first chunk) in
+    streaming: bool = False  # the body follows as a stream (PoolManager.open's Stream)
 
 
 class FunctionFailed(Exception):
-    """The function could not answer: 502 (crash, bad output, no runtime) or 504 (timeout)."""
+    """The function could not answer: 502 (crash, bad output, no runtime, memory), 503
+    (``overloaded``: no capacity in time; it never ran) or 504 (timeout)."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class FunctionFailed(Exception):
         message: str,
         logs: tuple[LogLine, ...] = (),
         worker_pid: int = 0,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -76,6 +78,7 @@ class FunctionFailed(Exception):
         self.message = message
         self.logs = logs
         self.worker_pid = worker_pid
+        self.retry_after = retry_after  # seconds, for a 503's Retry-After
 
     def __repr__(self) -> str:
         return f"FunctionFailed({self.status}, {self.code!r}, {self.message!r})"

@@ -86,18 +86,26 @@ def runtime_problem(runtime: str) -> str | None:
     return default_finder.problem(runtime)
 
 
-def worker_command(runtime: str, executable: str, entry: Path) -> list[str]:
-    """The argv that starts a worker for ``entry`` with ``executable``."""
+def worker_command(
+    runtime: str, executable: str, entry: Path, memory_mib: int | None = None
+) -> list[str]:
+    """The argv that starts a worker for ``entry`` with ``executable``.
+
+    ``memory_mib`` (the function's memory limit) also caps V8's heap for node and deno, so a
+    growing JS heap is collected harder before the RSS watchdog has to kill the worker.
+    """
     if runtime == "python":
         # -I: ignore PYTHON* env and user site; -B: never write __pycache__ into the function
         # folder (flux dev watches it: a .pyc would trigger a redeploy loop).
         return [executable, "-I", "-B", str(SHIMS_DIR / "python_worker.py"), str(entry)]
     shim = str(SHIMS_DIR / "js_worker.mjs")
+    heap = [f"--max-old-space-size={memory_mib}"] if memory_mib else []
     if runtime == "node":
-        return [executable, "--no-warnings", shim, str(entry)]
+        return [executable, "--no-warnings", *heap, shim, str(entry)]
     if runtime == "deno":
         # No prompts, no update check, no network fetches of remote modules at run time.
         # --no-lock: never write a deno.lock into the function folder (flux dev watches it).
+        v8 = [f"--v8-flags={heap[0]}"] if heap else []
         return [executable, "run", "-A", "--quiet", "--no-prompt", "--no-remote", "--no-lock",
-                shim, str(entry)]  # fmt: skip
+                *v8, shim, str(entry)]  # fmt: skip
     raise ValueError(f"unknown runtime {runtime!r}")

@@ -2,12 +2,19 @@
 
 The CLI builds it from ``--max-workers``, ``--min-workers``, ``--idle-timeout`` and
 ``--prewarm``; the server, the gateway, the pool and the test harness take it as is. What each
-field means for a user: docs/runtimes.md ("Worker pool").
+field means for a user: docs/runtimes.md ("Concurrency and pools").
 """
 
 from __future__ import annotations
 
+import os
+
 import attrs
+
+
+def default_max_workers() -> int:
+    """Workers per function when not configured: one per CPU, at least 2."""
+    return max(2, os.cpu_count() or 2)
 
 
 class InvalidPoolOptions(ValueError):
@@ -16,7 +23,7 @@ class InvalidPoolOptions(ValueError):
 
 @attrs.frozen
 class PoolOptions:
-    max_workers: int = 4  # most concurrent invocations of one function
+    max_workers: int = attrs.field(factory=default_max_workers)  # workers per function
     min_workers: int = 0  # kept warm when idle
     idle_timeout: float = 300.0  # seconds before an idle worker above min_workers stops
     prewarm: bool = False  # start min_workers (at least one) per function on each deploy

@@ -1,40 +1,71 @@
-"""Warm worker pools: one per deployed function, many invocations per worker
-(docs/reference.md#runtimes).
+"""Warm worker pools: one per deployed function, many concurrent invocations per worker.
 
 :class:`PoolManager` is what the gateway holds. ``deploy()`` swaps in a new generation of
-pools (old workers finish their in-flight invocation, then stop), ``invoke()`` runs one
-invocation on a free worker under its deadline, ``run()`` is the background task that reaps
-idle workers and pre-warms, and owns every worker's supervising task, so no process outlives it.
+pools (old workers finish their in-flight invocations, then stop); ``open()`` runs one
+invocation and yields its answer (whole, or a :class:`Stream` of chunks) under its deadline;
+``invoke()`` is the same with the body collected; ``run()`` is the background task that owns
+every worker's supervising task (so no process outlives it), reaps idle workers and pre-warms.
 
-Failure mapping (docs/reference.md#status-codes): 504 ``function_timeout``; 502
-``function_error`` (handler raised; the worker stays), ``function_crashed`` (the worker died),
-``bad_function_response`` (malformed protocol output), ``function_failed_to_start``
-(import/syntax error), ``runtime_unavailable`` (node/deno missing, or the pool is stopped).
-A worker is reused only after a clean answer.
+Capacity (docs/runtimes.md, "Concurrency"): a worker runs up to ``concurrency`` invocations at
+once (the function's setting, capped by what the worker announces: 1 for a sync python
+handler); a function has up to ``max_workers`` workers. A call that finds no free slot waits,
+first come first served, at most ``QUEUE_WAIT`` of its timeout and behind at most ``max_queue``
+others, while the pool starts workers; then it gets 503 ``overloaded`` (never a 504: it never
+ran).
+
+Failure mapping: 504 ``function_timeout``; 502 ``function_error`` (handler raised; the worker
+stays), ``function_crashed`` (its worker died during this call), ``worker_lost`` (its worker had
+to be killed because of another invocation), ``memory_limit_exceeded``,
+``bad_function_response``, ``function_failed_to_start``, ``runtime_unavailable``.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 
 from ..project import FunctionSpec
 from . import protocol
 from .api import FunctionFailed, Invocation, InvocationResult, LogLine
-from .discovery import RuntimeFinder, default_finder, worker_command
+from .discovery import RuntimeFinder, default_finder
 from .options import PoolOptions
-from .process import Worker, WorkerGone, log_lines
+from .process import Call, Worker, WorkerGone, log_lines
+from .sandbox import Launcher, WorkerLaunch
 
 logger = logging.getLogger("fluxgw.runtime")
 
-__all__ = ["PoolManager"]
+__all__ = ["Opened", "PoolManager", "Stream"]
+
+DEFAULT_CONCURRENCY = {"python": 256, "node": 256, "deno": 256}  # per worker; see docs
+QUEUE_WAIT = 0.5  # a call waits for capacity at most this fraction of its timeout
+DEFAULT_MAX_QUEUE = 1000  # calls waiting per function; more are refused at once
+CANCEL_GRACE = 1.0  # seconds a worker has to let go of a cancelled invocation
+
+
+def overloaded(spec: FunctionSpec, why: str) -> FunctionFailed:
+    return FunctionFailed(
+        503,
+        "overloaded",
+        f"function {spec.name} is at capacity ({why}); retry later",
+        retry_after=1,
+    )
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: anyio.Event
+    worker: Worker | None = None
+    failure: FunctionFailed | None = None
 
 
 class FunctionPool:
@@ -43,34 +74,126 @@ class FunctionPool:
     def __init__(self, spec: FunctionSpec, generation: int, max_workers: int) -> None:
         self.spec = spec
         self.generation = generation
-        # One slot per worker that may exist: waiting here counts against the deadline.
-        self.slots = anyio.Semaphore(max_workers)
-        self.idle: list[Worker] = []  # LIFO: the warmest worker first, the rest can be reaped
-        self.busy: set[Worker] = set()
+        self.max_workers = spec.max_workers or max_workers
+        self.concurrency = spec.concurrency or DEFAULT_CONCURRENCY.get(spec.runtime, 1)
+        self.workers: list[Worker] = []  # ready ones, oldest first (calls pack onto them)
         self.starting = 0
-        self.warming = 0  # pre-warm starts planned or running (their worker goes idle)
+        self.learned_limit: int | None = None  # what its workers announced (sync python: 1)
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.in_flight = 0
         self.draining = False
 
     @property
     def size(self) -> int:
-        return len(self.idle) + len(self.busy) + self.starting
+        return len(self.workers) + self.starting
 
-    def take_idle(self) -> Worker | None:
-        while self.idle:
-            worker = self.idle.pop()
-            if worker.usable:
+    def capacity(self, worker: Worker) -> int:
+        limit = worker.capacity_limit
+        return self.concurrency if limit is None else min(self.concurrency, limit)
+
+    @property
+    def per_worker(self) -> int:
+        """Slots a worker still starting will bring: what the last ready one announced; before
+        any did, 1 for python (a sync handler is the common case: growing at once beats
+        waiting one cold start to learn it) and the function's concurrency for node/deno."""
+        limit = self.learned_limit
+        if limit is None:
+            return 1 if self.spec.runtime == "python" else self.concurrency
+        return min(self.concurrency, limit)
+
+    def free_worker(self) -> Worker | None:
+        for worker in self.workers:
+            if worker.usable and worker.load < self.capacity(worker):
                 return worker
         return None
 
+    @property
+    def idle_workers(self) -> list[Worker]:
+        return [worker for worker in self.workers if worker.load == 0]
+
+
+class Stream:
+    """A streamed answer: chunks as the function produces them, under the call's deadline.
+
+    The gateway iterates :meth:`chunks`, calls :meth:`delivered` after each chunk reached the
+    client (that is what lets the worker send more: a slow client slows the function), and
+    reads ``outcome``, ``bytes`` and ``chunks_sent`` for the trace.
+    """
+
+    def __init__(self, call: Call, first: bytes, end_at: float, started: float) -> None:
+        self._call = call
+        self._first = first
+        self.end_at = end_at  # anyio clock: the function's timeout bounds the whole stream
+        self.started = started  # anyio clock reading when the call was sent
+        self.outcome = "streaming"  # then: complete, error, timeout, disconnect, worker_lost...
+        self.error: str | None = None
+        self.bytes = 0
+        self.chunks_sent = 0
+        self.first_byte_ms: float | None = None
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """Yield the body's chunks; ends normally on ``end``; raises FunctionFailed (with
+        ``outcome`` set) when the function errs, the worker is lost or the deadline passes."""
+        if self._first:
+            yield self._first
+        while True:
+            event: protocol.Event | None = None
+            with anyio.move_on_at(self.end_at):  # never across a yield: scopes are per task
+                try:
+                    event = await self._call.next_event()
+                except WorkerGone as lost:
+                    self.outcome, self.error = lost.code, lost.message
+                    raise FunctionFailed(502, lost.code, lost.message) from None
+            if event is None:
+                self.outcome = "timeout"
+                raise FunctionFailed(504, "function_timeout", "the stream ran past its timeout")
+            if isinstance(event, protocol.Chunk):
+                yield event.data
+            elif isinstance(event, protocol.End):
+                self.outcome = "complete"
+                return
+            elif isinstance(event, protocol.HandlerError):
+                self.outcome = "error"
+                self.error = event.error
+                raise FunctionFailed(502, "function_error", f"stream failed: {event.error}")
+            # anything else: a cancelled invocation's late frames
+
+    async def delivered(self, nbytes: int) -> None:
+        """``nbytes`` reached the client: count them, give the worker that much credit."""
+        if self.first_byte_ms is None:
+            self.first_byte_ms = (anyio.current_time() - self.started) * 1000
+        self.bytes += nbytes
+        self.chunks_sent += 1
+        await self._call.worker.credit(self._call, nbytes)
+
+    def logs(self) -> tuple[LogLine, ...]:
+        return self._call.logs.lines()
+
+    def attributes(self) -> dict[str, Any]:
+        """What a streamed call's trace records about its body."""
+        return {
+            "streamed": True,
+            "stream_outcome": self.outcome,
+            "bytes": self.bytes,
+            "chunks": self.chunks_sent,
+            "first_byte_ms": None if self.first_byte_ms is None else round(self.first_byte_ms, 3),
+            **({"stream_error": self.error} if self.error else {}),
+        }
+
+
+@attrs.define
+class Opened:
+    """What :meth:`PoolManager.open` yields: the head (and whole body), or a stream."""
+
+    result: InvocationResult  # for a stream: status and headers, body b"", logs so far
+    stream: Stream | None = None
+
 
 class PoolManager:
-    """Per-function pools of warm workers.
+    """Per-function pools of warm workers (see the module docstring for the capacity rules).
 
-    Each worker serves one invocation at a time. Concurrent invocations of one function use
-    up to ``max_workers`` workers (default 4) per function; more wait for a free one, and the
-    wait counts against the invocation's deadline. Idle workers are stopped after
-    ``idle_timeout`` seconds (``clock`` readings), keeping ``min_workers`` per function. On
-    stop, busy workers get up to ``grace_period`` seconds to finish their invocation.
+    Idle workers are stopped after ``idle_timeout`` seconds (``clock`` readings), keeping
+    ``min_workers`` per function. On stop, busy workers get ``grace_period`` seconds to finish.
     """
 
     def __init__(
@@ -78,15 +201,19 @@ class PoolManager:
         options: PoolOptions | None = None,
         *,
         grace_period: float = 10.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         finder: RuntimeFinder | None = None,
+        launcher: Callable[[FunctionSpec, str], WorkerLaunch] | None = None,
     ) -> None:
         options = options or PoolOptions()
+        self._launcher = launcher or Launcher()  # argv + env of a worker (sandbox.py)
         self._max_workers = options.max_workers
         self._min_workers = options.min_workers
         self._idle_timeout = options.idle_timeout
         self._grace_period = grace_period
+        self._max_queue = max_queue
         self._clock = clock  # idle reaping
         self._wall_clock = wall_clock  # invocation deadlines are epoch seconds
         self._finder = finder or default_finder
@@ -95,7 +222,7 @@ class PoolManager:
         self._draining: list[FunctionPool] = []  # old generations with workers still busy
         self._prewarm: list[FunctionPool] = []
         self._workers: set[Worker] = set()
-        self._tasks: anyio.abc.TaskGroup | None = None
+        self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._wakeup = anyio.Event()
         self._changed = anyio.Event()
@@ -115,19 +242,26 @@ class PoolManager:
         for pool in old.values():
             self._retire(pool)
         self._prewarm = list(self._pools.values()) if prewarm else []
-        if self._tasks is not None and not self._closed:
-            # Now, not at the run loop's next wake-up: a request arriving meanwhile would
-            # cold-start a second worker next to the pre-warm one (see invoke()).
-            self._start_prewarm(self._tasks)
+        if self._group is not None and not self._closed:
+            self._start_prewarm()
         self._wakeup.set()
+        self._notify()
+
+    def refresh(self, names: Collection[str]) -> None:
+        """Fresh workers for the functions in ``names`` (their environment changed): their
+        current workers finish their in-flight invocations, then stop; others are untouched."""
+        for spec, pool in list(self._pools.items()):
+            if spec.name in names:
+                self._retire(pool)
+                self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         self._notify()
 
     def _retire(self, pool: FunctionPool) -> None:
         pool.draining = True
-        for worker in pool.idle:
+        for worker in pool.idle_workers:
             worker.request_stop()
-        pool.idle.clear()
-        if pool.size:
+            pool.workers.remove(worker)
+        if pool.size or pool.in_flight or pool.waiters:
             self._draining.append(pool)
 
     def _pool_for(self, spec: FunctionSpec) -> FunctionPool:
@@ -138,10 +272,168 @@ class PoolManager:
             pool = self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         return pool
 
+    # -- capacity ---------------------------------------------------------------------------
+
+    async def _acquire(
+        self, pool: FunctionPool, wait: float, hard_end: float
+    ) -> tuple[Worker, float]:
+        """A worker slot for one call (FIFO) within ``wait`` seconds (or until ``hard_end``
+        while workers are starting); returns the worker and the ms waited."""
+        worker = pool.free_worker()
+        if worker is not None and not pool.waiters:
+            worker.load += 1
+            return worker, 0.0
+        if len(pool.waiters) >= self._max_queue:
+            raise overloaded(pool.spec, f"{len(pool.waiters)} calls already waiting")
+        waiter = _Waiter(anyio.Event())
+        pool.waiters.append(waiter)
+        began = anyio.current_time()
+        self._grow(pool)
+        try:
+            with anyio.move_on_after(max(wait, 0.0)):
+                await waiter.event.wait()
+            # Workers still starting (cold starts under load): they are coming for us, so wait
+            # for them up to the whole budget rather than refuse a call they could serve.
+            while waiter.worker is None and waiter.failure is None and pool.starting:
+                with anyio.move_on_at(hard_end):
+                    await waiter.event.wait()
+                if anyio.current_time() >= hard_end:
+                    break
+        except BaseException:
+            if waiter.worker is not None:
+                self._release(pool, waiter.worker)
+            raise
+        finally:
+            if waiter in pool.waiters:
+                pool.waiters.remove(waiter)
+        if waiter.worker is not None:
+            return waiter.worker, (anyio.current_time() - began) * 1000
+        if waiter.failure is not None:
+            raise waiter.failure
+        raise overloaded(pool.spec, f"no free worker within {wait:.1f} s")
+
+    def _dispatch(self, pool: FunctionPool) -> None:
+        """Hand free slots to waiting calls, first come first served; grow if still short."""
+        while pool.waiters:
+            worker = pool.free_worker()
+            if worker is None:
+                break
+            waiter = pool.waiters.popleft()
+            worker.load += 1
+            waiter.worker = worker
+            waiter.event.set()
+        if pool.waiters:
+            self._grow(pool)
+
+    def _grow(self, pool: FunctionPool) -> None:
+        """Start workers while the calls waiting outnumber the slots on their way."""
+        # A draining pool still serves the calls it admitted before the redeploy.
+        if self._closed or self._group is None:
+            return
+        while pool.waiters and pool.size < pool.max_workers:
+            if len(pool.waiters) <= pool.starting * pool.per_worker:
+                return
+            self._spawn(pool)
+
+    def _spawn(self, pool: FunctionPool) -> None:
+        assert self._group is not None
+        pool.starting += 1
+        self._group.start_soon(self._run_worker, pool)
+
+    def _fail_waiters(self, pool: FunctionPool, failure: FunctionFailed) -> None:
+        """A worker could not start: the calls waiting for one would fail the same way."""
+        if pool.workers or pool.starting:
+            return  # others may still serve them
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            waiter.failure = failure
+            waiter.event.set()
+
+    async def _run_worker(self, pool: FunctionPool) -> None:
+        """Spawn, wait until ready, serve, and clean up after one worker of ``pool``."""
+        spec = pool.spec
+        counted = True
+        try:
+            executable = self._finder.find(spec.runtime)
+            if executable is None:
+                problem = self._finder.problem(spec.runtime) or ""
+                raise FunctionFailed(502, "runtime_unavailable", problem)
+            memory = spec.memory * 1024 * 1024 if spec.memory else None
+            try:
+                # The one place a worker is launched: argv and env from sandbox.py.
+                launch = self._launcher(spec, executable)
+                worker = await Worker.spawn(spec, list(launch.argv), launch.env_dict, memory)
+            except OSError as exc:
+                hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not start"
+                raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None
+        except FunctionFailed as failure:
+            pool.starting -= 1
+            self._fail_waiters(pool, failure)
+            return
+        self._workers.add(worker)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._supervise, worker)
+                await worker.ready.wait()
+                pool.starting -= 1
+                counted = False
+                if worker.start_failure is not None:
+                    worker.kill()
+                    self._fail_waiters(pool, worker.start_failure)
+                    return
+                pool.learned_limit = worker.capacity_limit
+                worker.ready_at = anyio.current_time()
+                worker.last_used = self._clock()
+                if self._closed or (pool.draining and not pool.waiters):
+                    worker.request_stop()
+                else:
+                    pool.workers.append(worker)
+                    self._dispatch(pool)
+                    if pool.draining and worker.load == 0:
+                        worker.request_stop()
+                        pool.workers.remove(worker)
+                self._notify()
+        finally:
+            if counted:
+                pool.starting -= 1
+            if worker in pool.workers:
+                pool.workers.remove(worker)
+            self._workers.discard(worker)
+            self._dispatch(pool)  # calls still waiting may need a replacement
+            self._notify()
+
+    async def _supervise(self, worker: Worker) -> None:
+        try:
+            await worker.supervise()
+        except Exception:
+            # A bug here must not take the whole pool (and every other worker) down.
+            logger.exception("supervising worker %d of %s failed", worker.pid, worker.spec.name)
+
+    def _release(self, pool: FunctionPool, worker: Worker) -> None:
+        worker.load -= 1
+        if not worker.usable and worker in pool.workers:
+            pool.workers.remove(worker)
+        # Calls waiting go first, even in a draining pool: they were admitted before the
+        # redeploy and are served by its workers (answering with the old version).
+        self._dispatch(pool)
+        if worker.load == 0:
+            worker.last_used = self._clock()
+            if pool.draining or self._closed:
+                worker.request_stop()
+                if worker in pool.workers:
+                    pool.workers.remove(worker)
+        self._notify()
+
     # -- invoke -----------------------------------------------------------------------------
 
-    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
-        """Run one invocation; raise :class:`FunctionFailed` (502/504) when it cannot answer."""
+    @contextlib.asynccontextmanager
+    async def open(self, spec: FunctionSpec, invocation: Invocation) -> AsyncIterator[Opened]:
+        """Run one invocation; yield its :class:`Opened` once the head (or whole answer) is in.
+
+        Raises :class:`FunctionFailed` (502/503/504) when it cannot answer. Leaving the block
+        before a stream ended cancels the invocation (its worker has CANCEL_GRACE to let go,
+        else it is killed). The whole stream stays bounded by the function's timeout.
+        """
         if self._closed:
             raise FunctionFailed(502, "runtime_unavailable", "the gateway is shutting down")
         problem = self._finder.problem(spec.runtime)
@@ -152,77 +444,116 @@ class PoolManager:
         pool = self._pool_for(spec)
         now = self._wall_clock()
         deadline = min(invocation.deadline, now + spec.timeout)
-        request = _request_header(spec, invocation, deadline)
-        logs: list[LogLine] = []
-        worker: Worker | None = None
-        phase = "waiting for a free worker"
-        started = anyio.current_time()
-        # One cancel scope covers the wait for a slot, the cold start and the call.
-        with anyio.CancelScope(deadline=started + (deadline - now)) as scope:
-            warm_wait_ms = 0.0
-            if pool.warming and not pool.idle:
-                # Its pre-warm worker is on the way (just deployed): wait for it rather than
-                # start a second cold worker racing it for the CPU. Waited before taking a
-                # slot, as the pre-warm may still need one.
-                phase = "starting its worker"
-                await self._wait_until(lambda: bool(pool.idle) or not pool.warming)
-                warm_wait_ms = (anyio.current_time() - started) * 1000
-            async with pool.slots:
-                queued_ms = (anyio.current_time() - started) * 1000 - warm_wait_ms
-                worker = pool.take_idle()
-                cold, startup_ms = worker is None or warm_wait_ms > 0, warm_wait_ms
-                if worker is None:
-                    phase = "starting its worker"
-                    spawn_at = anyio.current_time()
-                    worker = await self._start_worker(pool)
-                    startup_ms += (anyio.current_time() - spawn_at) * 1000
-                phase = "running"
-                pool.busy.add(worker)
-                call_at = anyio.current_time()
+        began = anyio.current_time()
+        end_at = began + (deadline - now)
+        wait = min(end_at - began, spec.timeout * QUEUE_WAIT)
+        worker, waited_ms = await self._acquire(pool, wait, end_at)
+        cold = worker.ready_at > began  # it had to start for this call
+        pool.in_flight += 1
+        call: Call | None = None
+        reason = "done"
+        try:
+            try:
+                request = _request_header(spec, invocation, deadline)
+                call = await worker.start_call(request, invocation.body)
+            except protocol.ProtocolError:  # it died between getting the slot and now
+                message = f"function {spec.name}: its worker exited before the call started"
+                raise FunctionFailed(502, "worker_lost", message, (), worker.pid) from None
+            run_at = anyio.current_time()
+            answer: Opened | None = None
+            with anyio.move_on_at(end_at):
                 try:
-                    answer = await worker.call(request, invocation.body, logs)
-                except protocol.ProtocolError as exc:
-                    raise FunctionFailed(
-                        502,
-                        "bad_function_response",
-                        f"function {spec.name} answered malformed output: {exc}",
-                        tuple(logs),
-                        worker.pid,
-                    ) from None
-                except WorkerGone:
-                    raise await self._crashed(worker, logs) from None
-                finally:
-                    self._release(pool, worker)
-                run_ms = (anyio.current_time() - call_at) * 1000
-            if isinstance(answer, protocol.HandlerError):
-                logs.extend(log_lines("stderr", answer.traceback))
-                message = f"function {spec.name} raised {answer.error}"
-                raise FunctionFailed(502, "function_error", message, tuple(logs), worker.pid)
-            return InvocationResult(
-                status=answer.status,
-                headers=answer.headers,
-                body=answer.body,
-                logs=tuple(logs),
-                worker_pid=worker.pid,
-                cold_start=cold,
-                queued_ms=queued_ms,
-                startup_ms=startup_ms,
-                run_ms=run_ms,
-            )
-        assert scope.cancelled_caught
-        if worker is not None:
-            worker.kill()  # mid-conversation: its pipes are out of sync, never reuse it
-        elapsed = anyio.current_time() - started
-        message = (
-            f"function {spec.name} timed out after {elapsed:.1f} s while {phase} "
-            f"(timeout {spec.timeout:g} s)"
-        )
-        raise FunctionFailed(
-            504, "function_timeout", message, tuple(logs), worker.pid if worker else 0
-        )
+                    event = await call.next_event()
+                except WorkerGone as lost:
+                    raise await self._lost(worker, call, lost) from None
+                if isinstance(event, protocol.HandlerError):
+                    if event.code == "memory_limit_exceeded":
+                        raise self._memory_failure(worker, call)
+                    message = f"function {spec.name} raised {event.error}"
+                    logs = (*call.logs.lines(), *log_lines("stderr", event.traceback))
+                    raise FunctionFailed(502, "function_error", message, logs, worker.pid)
+                assert isinstance(event, protocol.Response)
+                result = InvocationResult(
+                    status=event.status,
+                    headers=event.headers,
+                    body=b"" if event.streaming else event.body,
+                    logs=() if event.streaming else call.logs.lines(),
+                    worker_pid=worker.pid,
+                    cold_start=cold,
+                    queued_ms=0.0 if cold else waited_ms,
+                    startup_ms=waited_ms if cold else 0.0,
+                    run_ms=(anyio.current_time() - run_at) * 1000,
+                    streaming=event.streaming,
+                )
+                stream = Stream(call, event.body, end_at, run_at) if event.streaming else None
+                answer = Opened(result, stream)
+            if answer is None:  # the deadline passed before the function answered
+                reason = "timeout"
+                await self._let_go(worker, call, reason)
+                elapsed = anyio.current_time() - began
+                message = (
+                    f"function {spec.name} timed out after {elapsed:.1f} s "
+                    f"(timeout {spec.timeout:g} s)"
+                )
+                raise FunctionFailed(
+                    504, "function_timeout", message, call.logs.lines(), worker.pid
+                )
+            try:
+                yield answer
+            finally:
+                # Left before the stream ended: its timeout, an error, or the client went away.
+                if answer.stream is not None and answer.stream.outcome == "streaming":
+                    answer.stream.outcome = "disconnect"
+                if answer.stream is not None and answer.stream.outcome == "timeout":
+                    reason = "timeout"
+                else:
+                    reason = "disconnect"
+        finally:
+            with anyio.CancelScope(shield=True):
+                if call is not None and not call.finished:
+                    await self._let_go(worker, call, reason)
+                pool.in_flight -= 1
+                self._release(pool, worker)
 
-    async def _crashed(self, worker: Worker, logs: list[LogLine]) -> FunctionFailed:
-        worker.kill()
+    async def _let_go(self, worker: Worker, call: Call, reason: str) -> None:
+        """Stop one invocation without disturbing its neighbours, unless the worker cannot."""
+        if call.finished:
+            return
+        if reason == "timeout" and worker.capacity_limit == 1:
+            worker.kill()  # a sync handler cannot be interrupted, and it has no neighbours
+        else:
+            await worker.cancel(call, reason)
+            with anyio.move_on_after(CANCEL_GRACE):
+                await call.done.wait()
+            if not call.finished:
+                # It ignored the cancel (a busy loop, a blocked event loop): kill it; its other
+                # invocations fail with 502 worker_lost.
+                logger.warning(
+                    "%s[%d] did not stop a cancelled invocation within %.0f s: killed",
+                    worker.spec.name,
+                    worker.pid,
+                    CANCEL_GRACE,
+                )
+                worker.kill()
+        with anyio.move_on_after(0.5):
+            await call.done.wait()
+
+    def _memory_failure(self, worker: Worker, call: Call) -> FunctionFailed:
+        limit = worker.spec.memory
+        message = f"function {worker.spec.name} exceeded its memory limit of {limit} MiB"
+        return FunctionFailed(502, "memory_limit_exceeded", message, call.logs.lines(), worker.pid)
+
+    async def _lost(self, worker: Worker, call: Call, lost: WorkerGone) -> FunctionFailed:
+        """The worker went away while ``call`` ran: say why, from the call's point of view."""
+        if lost.code == "memory_limit_exceeded" or worker.memory_exceeded:
+            return self._memory_failure(worker, call)
+        if lost.code == "bad_function_response":
+            message = f"function {worker.spec.name} answered malformed output: {lost.message}"
+            return FunctionFailed(502, lost.code, message, call.logs.lines(), worker.pid)
+        if worker.stop_requested.is_set() and lost.code == "worker_lost":
+            # Killed by the gateway because of another invocation (or a stop): not its fault.
+            message = f"function {worker.spec.name}: its worker had to be stopped ({lost.message})"
+            return FunctionFailed(502, "worker_lost", message, call.logs.lines(), worker.pid)
         with anyio.move_on_after(0.5):
             await worker.process.wait()
         code = worker.process.returncode
@@ -233,134 +564,91 @@ class PoolManager:
         else:
             how = f"its worker exited with code {code}"
         message = f"function {worker.spec.name} crashed: {how}"
-        return FunctionFailed(502, "function_crashed", message, tuple(logs), worker.pid)
+        return FunctionFailed(502, "function_crashed", message, call.logs.lines(), worker.pid)
 
-    async def _start_worker(self, pool: FunctionPool) -> Worker:
-        """Spawn a worker for ``pool`` and wait until its module is loaded."""
-        tasks = self._tasks
-        if tasks is None or self._closed:
-            raise FunctionFailed(502, "runtime_unavailable", "the runtime pool is not running")
-        spec = pool.spec
-        executable = self._finder.find(spec.runtime)
-        if executable is None:
-            raise FunctionFailed(
-                502, "runtime_unavailable", self._finder.problem(spec.runtime) or ""
+    async def invoke(self, spec: FunctionSpec, invocation: Invocation) -> InvocationResult:
+        """Run one invocation to its end; a streamed body is collected (up to 6 MiB)."""
+        async with self.open(spec, invocation) as answer:
+            if answer.stream is None:
+                return answer.result
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in answer.stream.chunks():
+                size += len(chunk)
+                if size > protocol.MAX_BODY:
+                    raise FunctionFailed(
+                        502,
+                        "bad_function_response",
+                        f"function {spec.name} streamed more than 6 MiB to a caller that "
+                        "needs the whole body",
+                        answer.stream.logs(),
+                    )
+                parts.append(chunk)
+                await answer.stream.delivered(len(chunk))
+            return attrs.evolve(
+                answer.result, body=b"".join(parts), logs=answer.stream.logs(), streaming=False
             )
-        try:
-            worker = await Worker.spawn(
-                spec, worker_command(spec.runtime, executable, spec.entry_path)
-            )
-        except OSError as exc:
-            hint = self._finder.problem(spec.runtime) or f"{spec.runtime} could not be started"
-            raise FunctionFailed(502, "runtime_unavailable", f"{hint} ({exc})") from None
-        self._workers.add(worker)
-        tasks.start_soon(self._supervise, pool, worker)
-        pool.starting += 1
-        try:
-            await worker.wait_ready()
-        except BaseException:
-            worker.kill()
-            raise
-        finally:
-            pool.starting -= 1
-        return worker
-
-    def _release(self, pool: FunctionPool, worker: Worker) -> None:
-        """After a call: back to idle if it answered cleanly and is still wanted, else stop."""
-        pool.busy.discard(worker)
-        worker.last_used = self._clock()
-        if worker.usable and not pool.draining and not self._closed:
-            pool.idle.append(worker)
-        elif worker.protocol.state is protocol.State.IDLE:
-            worker.request_stop()  # clean but unwanted (old generation, shutting down)
-        else:
-            worker.kill()
-        self._notify()
-
-    async def _supervise(self, pool: FunctionPool, worker: Worker) -> None:
-        try:
-            await worker.supervise()
-        except Exception:
-            # A bug here must not take the whole pool (and every other worker) down.
-            logger.exception("supervising worker %d of %s failed", worker.pid, pool.spec.name)
-        finally:
-            self._workers.discard(worker)
-            if worker in pool.idle:
-                pool.idle.remove(worker)  # died while idle (a background thread crashed it)
-            self._notify()
 
     # -- background -------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Reap idle workers, pre-warm, own the workers; on exit, stop every worker."""
-        if self._tasks is not None:
+        """Own the workers, reap idle ones, pre-warm; on exit, stop every worker."""
+        if self._group is not None:
             raise RuntimeError("PoolManager.run() is already running")
         tick = max(0.05, min(1.0, self._idle_timeout / 4))
         try:
-            async with anyio.create_task_group() as tasks:
-                self._tasks = tasks
+            async with anyio.create_task_group() as group:
+                self._group = group
                 task_status.started()
                 while not self._closed:
                     with anyio.move_on_after(tick):
                         await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     self.reap_idle()
-                    self._start_prewarm(tasks)
-                # aclose() asked every worker to stop; the task group waits for their
-                # supervisors.
+                    self._start_prewarm()
+                # aclose() asked every worker to stop; the group waits for their tasks.
         finally:
-            # Cancelled (server stop): each supervisor terminates its worker under a shield.
             self._closed = True
-            self._tasks = None
+            self._group = None
 
     def reap_idle(self) -> None:
         """Stop workers idle for ``idle_timeout`` (oldest first), keeping ``min_workers``."""
         now = self._clock()
         for pool in self._pools.values():
-            for worker in sorted(pool.idle, key=lambda w: w.last_used):
+            for worker in sorted(pool.idle_workers, key=lambda w: w.last_used):
                 if pool.size <= self._min_workers:
                     break
                 if now - worker.last_used >= self._idle_timeout:
-                    pool.idle.remove(worker)
+                    pool.workers.remove(worker)
                     worker.request_stop()
-        self._draining = [pool for pool in self._draining if pool.size]
+        self._draining = [p for p in self._draining if p.size or p.in_flight or p.waiters]
 
-    def _start_prewarm(self, tasks: anyio.abc.TaskGroup) -> None:
+    def _start_prewarm(self) -> None:
         pools, self._prewarm = self._prewarm, []
         target = max(1, self._min_workers)
         for pool in pools:
             if pool.draining or self._finder.problem(pool.spec.runtime):
                 continue
             for _ in range(target - pool.size):
-                pool.warming += 1
-                tasks.start_soon(self._prewarm_one, pool)
-
-    async def _prewarm_one(self, pool: FunctionPool) -> None:
-        try:
-            async with pool.slots:
-                try:
-                    worker = await self._start_worker(pool)
-                except FunctionFailed as exc:
-                    logger.warning("pre-warming %s failed: %s", pool.spec.name, exc.message)
-                    return
-                self._release(pool, worker)
-        finally:
-            pool.warming -= 1
-            self._notify()  # requests waiting for this worker go on (take it or start one)
+                self._spawn(pool)
 
     async def aclose(self) -> None:
-        """Stop all workers (idempotent): idle ones now, busy ones after their invocation
-        (at most ``grace_period`` s); returns when every worker process is gone."""
+        """Stop accepting calls, let in-flight ones finish (grace period), stop all workers."""
         self._closed = True
         self._wakeup.set()
         for pool in self._all_pools():
-            for worker in pool.idle:
+            for waiter in pool.waiters:
+                waiter.failure = FunctionFailed(
+                    502, "runtime_unavailable", "the gateway is shutting down"
+                )
+                waiter.event.set()
+            pool.waiters.clear()
+            for worker in pool.idle_workers:
                 worker.request_stop()
-            pool.idle.clear()
         with anyio.move_on_after(self._grace_period):
-            await self._wait_until(lambda: not any(p.busy or p.starting for p in self._all_pools()))
+            await self._wait_until(lambda: not any(p.in_flight for p in self._all_pools()))
         for worker in list(self._workers):
             worker.request_stop()
         await self._wait_until(lambda: not self._workers)
@@ -368,12 +656,18 @@ class PoolManager:
     # -- introspection ----------------------------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """``{function: {"busy": n, "idle": n}}``; busy includes workers still starting."""
+        """Per function: workers ``busy``/``idle`` (busy includes starting), invocations
+        ``in_flight`` and calls ``waiting`` for capacity."""
         out: dict[str, dict[str, int]] = {}
         for pool in self._all_pools():
-            entry = out.setdefault(pool.spec.name, {"busy": 0, "idle": 0})
-            entry["busy"] += len(pool.busy) + pool.starting
-            entry["idle"] += len(pool.idle)
+            entry = out.setdefault(
+                pool.spec.name, {"busy": 0, "idle": 0, "in_flight": 0, "waiting": 0}
+            )
+            idle = len(pool.idle_workers)
+            entry["busy"] += len(pool.workers) - idle + pool.starting
+            entry["idle"] += idle
+            entry["in_flight"] += pool.in_flight
+            entry["waiting"] += len(pool.waiters)
         return out
 
     def _all_pools(self) -> Iterable[FunctionPool]:

@@ -1,26 +1,31 @@
-"""One worker subprocess: spawn it, talk the protocol over its pipes, stop or kill its group.
+"""One worker subprocess: spawn it, multiplex invocations over its pipes, stop or kill its group.
 
-The decisions (which worker, when to stop it) live in :mod:`fluxgw.runtime.pool`; the byte
-rules live in :mod:`fluxgw.runtime.protocol`. This module is the I/O between them.
+The decisions (which worker, when to start or stop one) live in :mod:`fluxgw.runtime.pool`;
+the byte rules in :mod:`fluxgw.runtime.protocol`. This module is the I/O between them.
 
-Pipes of a worker: a dedicated pipe (``FLUX_REQUEST_FD``) carries requests and another
-(``FLUX_PROTOCOL_FD``) its answers; its stdin is /dev/null, so a child process it spawns with an
-inherited stdin (deno's ``Deno.Command`` default) cannot swallow request frames; its fd 1 and
-fd 2 share one more pipe that :meth:`Worker.supervise` drains, so a
-function (or a child it spawned) writing there can neither block nor corrupt anything.
-Every worker is the leader of its own session/process group, and is always stopped by
-signalling the whole group: a function's grandchildren die with it.
+Pipes of a worker: one (``FLUX_REQUEST_FD``) carries the gateway's frames, another
+(``FLUX_PROTOCOL_FD``) the worker's; its stdin is /dev/null, so a child process it spawns with
+an inherited stdin (deno's ``Deno.Command`` default) cannot swallow frames; its fd 1 and fd 2
+share one more pipe that the worker's reader drains (bounded: :mod:`.output`), so a function
+writing there can neither block nor corrupt anything. Every worker leads its own process
+group and is always stopped by signalling the whole group: its grandchildren die with it.
+
+A worker over its memory limit (RSS of its process tree, sampled every MEMORY_INTERVAL) is
+killed; its in-flight invocations fail with 502 ``memory_limit_exceeded``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import resource
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +34,30 @@ import anyio.abc
 import anyio.lowlevel
 
 from ..project import FunctionSpec
+from ..tls import function_env
 from . import protocol
 from .api import FunctionFailed, LogLine
+from .output import MAX_LINES, LineSplitter, LogBuffer
 
 logger = logging.getLogger("fluxgw.runtime")
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
 READ_SIZE = 256 * 1024
+MEMORY_INTERVAL = 0.05  # seconds between RSS samples of a worker with a memory limit
 # Only what a runtime needs: the gateway's own environment may hold secrets.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SYSTEMROOT")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+# What node and deno print on fd 2 when V8 runs out of heap just before they abort.
+V8_OOM_MARKERS = (b"heap out of memory", b"Fatal process out of memory", b"Fatal JavaScript")
 
 
 class WorkerGone(Exception):
-    """The worker's process ended (or its stream closed) in the middle of a conversation."""
+    """The worker's process ended (or its stream broke) while an invocation was running."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # "worker_lost", "bad_function_response", "memory_limit_exceeded"
+        self.message = message
 
 
 def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
@@ -52,6 +68,7 @@ def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
         FLUX_RUNTIME=spec.runtime,
         NO_COLOR="1",  # error messages become log lines, not terminal escapes
     )
+    env.update(function_env(spec.runtime))  # trust the gateway's local CA (docs/tls.md)
     if spec.runtime == "deno":
         # A writable module/TypeScript cache shared by all workers (compiles once), no
         # update check reaching out to the network.
@@ -62,18 +79,39 @@ def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
     return env
 
 
-class PipeStream:
-    """One end of an ``os.pipe()`` as a byte stream.
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (0 when it is gone)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/statm", "rb") as handle:
+                total += int(handle.read().split()[1]) * _PAGE
+            with open(f"/proc/{current}/task/{current}/children", "rb") as handle:
+                todo.extend(int(child) for child in handle.read().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
-    anyio has no equivalent of trio's ``FdStream`` (its streams wrap sockets, files and a
-    process's own stdio), so this waits on the descriptor with ``anyio.wait_readable`` /
-    ``wait_writable``, which works on trio and asyncio (uvloop included) alike.
+
+class PipeStream:
+    """One end of an ``os.pipe()`` as a byte stream, on any anyio backend.
+
+    anyio has no equivalent of trio's ``FdStream``: this waits on the descriptor with
+    ``anyio.wait_readable`` / ``wait_writable`` (trio and asyncio alike).
     """
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def receive_some(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` at end of stream."""
@@ -107,14 +145,44 @@ class PipeStream:
         await anyio.lowlevel.checkpoint()
 
 
-def log_lines(stream: str, text: str) -> list[LogLine]:
-    """A traceback or other text as log lines of one stream, stamped now."""
-    now = time.time()
-    return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]
+class Call:
+    """The gateway side of one invocation on a worker: its events, its log lines."""
+
+    def __init__(self, worker: Worker, invocation_id: int) -> None:
+        self.worker = worker
+        self.id = invocation_id
+        self.logs = LogBuffer()
+        self.events: collections.deque[protocol.Event] = collections.deque()
+        self.lost: WorkerGone | None = None
+        self.done = anyio.Event()  # the worker no longer runs it (or is gone)
+        self._wakeup = anyio.Event()
+
+    def deliver(self, event: protocol.Event) -> None:
+        self.events.append(event)
+        self._wakeup.set()
+
+    def fail(self, lost: WorkerGone) -> None:
+        if self.lost is None:
+            self.lost = lost
+        self._wakeup.set()
+        self.done.set()
+
+    async def next_event(self) -> protocol.Event:
+        """The next answer event of this invocation; raises WorkerGone if the worker is lost."""
+        while not self.events:
+            if self.lost is not None:
+                raise self.lost
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        return self.events.popleft()
+
+    @property
+    def finished(self) -> bool:
+        return self.done.is_set()
 
 
 class Worker:
-    """A running worker process of one function."""
+    """A running worker process of one function, serving up to ``capacity`` calls at once."""
 
     def __init__(
         self,
@@ -122,33 +190,59 @@ class Worker:
         process: anyio.abc.Process,
         answers: PipeStream,
         requests: PipeStream,
+        memory_limit: int | None = None,
     ) -> None:
         self.spec = spec
         self.process = process
         self.pid: int = process.pid
         self.protocol = protocol.WorkerProtocol()
+        self.memory_limit = memory_limit  # bytes of RSS, None = unlimited
+        self.memory_exceeded = False
+        self.killed = False  # by the gateway (kill()): its calls answer worker_lost
+        self.peak_rss = 0
         self._answers = answers
         self._requests = requests
-        self.sink: list[LogLine] | None = None  # the current invocation's log lines
+        self._write_lock = anyio.Lock()
+        self.calls: dict[int, Call] = {}
+        self.load = 0  # calls reserved or running on it (the pool's bookkeeping)
         self.last_used = 0.0  # pool clock reading when it last became idle
+        self.ready = anyio.Event()
+        self.ready_at = 0.0  # anyio clock reading (set by the pool)
+        self.start_failure: FunctionFailed | None = None
         self.stop_requested = anyio.Event()
         self.exited = anyio.Event()
         self.returncode: int | None = None
+        self._startup_logs = LogBuffer()
+        self._own_lines = 0  # lines sent to the gateway's log this minute
+        self._own_window = time.monotonic()
+        self._splitter = LineSplitter(self._raw_target, self._log_own)
         self._output_done = anyio.Event()
+        self._output: PipeStream | None = None  # fd 1/2 of the worker (set by spawn)
 
     @classmethod
-    async def spawn(cls, spec: FunctionSpec, command: list[str]) -> Worker:
-        """Start the process (not yet ready: call :meth:`wait_ready`)."""
+    async def spawn(
+        cls,
+        spec: FunctionSpec,
+        command: list[str],
+        env: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
+    ) -> Worker:
+        """Start the process (not yet ready: its :meth:`supervise` task reads ``ready``);
+        ``env`` replaces the default environment (the launcher in :mod:`.sandbox` builds it)."""
         read_fd, write_fd = os.pipe()
         request_read, request_write = os.pipe()
-        env = worker_env(spec, write_fd)
+        if env is None:
+            env = worker_env(spec, write_fd)
+        else:
+            env = {**env, "FLUX_PROTOCOL_FD": str(write_fd)}
         env["FLUX_REQUEST_FD"] = str(request_read)
+        output_read, output_write = os.pipe()
         try:
             process = await anyio.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stdout=output_write,
+                stderr=output_write,
                 pass_fds=(write_fd, request_read),
                 start_new_session=True,  # its own process group: killpg reaches grandchildren
                 cwd=str(spec.directory),
@@ -157,12 +251,24 @@ class Worker:
         except BaseException:
             os.close(read_fd)
             os.close(request_write)
+            os.close(output_read)
             raise
         finally:
             # The child holds them now; our copies would hide its EOF / keep its input open.
             os.close(write_fd)
             os.close(request_read)
-        return cls(spec, process, PipeStream(read_fd), PipeStream(request_write))
+            os.close(output_write)
+        if memory_limit is not None:
+            # A hard backstop under the RSS watchdog: a cap on private writable memory
+            # (python gets MemoryError, V8 aborts), so even an allocation faster than the
+            # watchdog's sampling cannot take the machine's memory.
+            with contextlib.suppress(OSError, ValueError):
+                # +1 GiB: deno reserves ~700 MiB of writable address space at start.
+                backstop = 2 * memory_limit + 1024 * 1024 * 1024
+                resource.prlimit(process.pid, resource.RLIMIT_DATA, (backstop, backstop))
+        worker = cls(spec, process, PipeStream(read_fd), PipeStream(request_write), memory_limit)
+        worker._output = PipeStream(output_read)
+        return worker
 
     @property
     def alive(self) -> bool:
@@ -170,81 +276,151 @@ class Worker:
 
     @property
     def usable(self) -> bool:
-        return self.alive and self.protocol.state is protocol.State.IDLE
+        return self.alive and self.protocol.state is protocol.WorkerState.READY
 
-    # -- protocol ---------------------------------------------------------------------------
+    @property
+    def capacity_limit(self) -> int | None:
+        """The worker's own limit (a sync python handler: 1); None before ready or unlimited."""
+        return self.protocol.concurrency
 
-    async def _next_event(self) -> protocol.Event:
-        """The next non-log event; log lines go to the current sink (or the gateway's log)."""
-        while True:
-            event = self.protocol.next_event()
-            if event is protocol.NEED_DATA:
-                try:
-                    data = await self._answers.receive_some(READ_SIZE)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    data = b""
-                self.protocol.receive_data(data)
-                continue
-            if isinstance(event, protocol.Log):
-                self._record(LogLine(event.timestamp, event.stream, event.text))
-                continue
-            assert not isinstance(event, protocol._NeedData)
-            return event
+    # -- invocations ------------------------------------------------------------------------
 
-    def _record(self, line: LogLine) -> None:
-        if self.sink is not None:
-            self.sink.append(line)
-        else:
-            logger.info("%s[%d] %s: %s", self.spec.name, self.pid, line.stream, line.text)
-
-    async def wait_ready(self) -> None:
-        """Wait for the ``ready`` frame; raise FunctionFailed(502) if the module fails to load."""
-        self.sink = []
-        try:
-            event = await self._next_event()
-        except protocol.ProtocolError as exc:
-            raise self._failure(
-                "bad_function_response", f"malformed worker output: {exc}"
-            ) from None
-        finally:
-            startup_logs, self.sink = self.sink, None
-        for line in startup_logs:  # prints at import time belong to no invocation
-            logger.info("%s[%d] %s: %s", self.spec.name, self.pid, line.stream, line.text)
-        if isinstance(event, protocol.Ready):
+    async def _write(self, data: bytes) -> None:
+        if not data:
             return
-        if isinstance(event, protocol.StartFailed):
-            logs = (*startup_logs, *log_lines("stderr", event.traceback))
-            message = f"function {self.spec.name} failed to start: {event.error}"
-            raise FunctionFailed(502, "function_failed_to_start", message, logs, self.pid)
-        # It exited before saying anything: a broken runtime or shim. Show its last words.
-        await self._wait_exit(0.5)
-        last = startup_logs[-1].text if startup_logs else f"exit code {self.returncode}"
-        message = f"function {self.spec.name} failed to start: {last}"
-        raise FunctionFailed(
-            502, "function_failed_to_start", message, tuple(startup_logs), self.pid
-        )
+        # If it died, writing fails: the reader then reports how (end of stream).
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async with self._write_lock:
+                await self._requests.send_all(data)
 
-    async def call(
-        self, request: dict[str, Any], body: bytes, sink: list[LogLine]
-    ) -> protocol.Result | protocol.HandlerError:
-        """Send one invocation and wait for its answer. Raises WorkerGone / ProtocolError."""
-        self.sink = sink
+    async def start_call(self, request: dict[str, Any], body: bytes) -> Call:
+        """Send an invocation; its answer arrives as events on the returned Call."""
+        invocation_id, frame = self.protocol.send_invoke(request, body)
+        call = self.calls[invocation_id] = Call(self, invocation_id)
+        await self._write(frame)
+        return call
+
+    async def cancel(self, call: Call, reason: str) -> None:
+        """Ask the worker to stop ``call`` (the caller waits on ``call.done``, then kills)."""
+        if self.protocol.state is protocol.WorkerState.READY:
+            await self._write(self.protocol.send_cancel(call.id, reason))
+
+    async def credit(self, call: Call, nbytes: int) -> None:
+        """``nbytes`` of ``call``'s stream reached the client: the worker may send more."""
+        if self.protocol.state is protocol.WorkerState.READY:
+            await self._write(self.protocol.consumed(call.id, nbytes))
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _raw_target(self) -> LogBuffer | None:
+        """Raw fd 1/2 lines carry no invocation id: they belong to a call only when it is the
+        only one running; otherwise they go to the gateway's log."""
+        if len(self.calls) == 1:
+            return next(iter(self.calls.values())).logs
+        if not self.ready.is_set():
+            return self._startup_logs
+        return None
+
+    def _log_own(self, line: LogLine) -> None:
+        """The gateway's log, at most MAX_LINES lines per minute per worker."""
+        now = time.monotonic()
+        if now - self._own_window > 60:
+            self._own_window, self._own_lines = now, 0
+        self._own_lines += 1
+        if self._own_lines <= MAX_LINES:
+            logger.info("%s[%d] %s: %s", self.spec.name, self.pid, line.stream, line.text)
+
+    def _route_log(self, event: protocol.Log) -> None:
+        line = LogLine(event.timestamp, event.stream, event.text)
+        call = self.calls.get(event.id) if event.id is not None else None
+        if call is not None:
+            call.logs.add(line)
+        elif not self.ready.is_set():
+            self._startup_logs.add(line)
+        else:
+            self._log_own(line)
+
+    # -- the reader -------------------------------------------------------------------------
+
+    async def _read_answers(self) -> None:
+        """Route every event to its call until the stream ends or breaks."""
+        lost = WorkerGone("worker_lost", "its worker exited")
         try:
-            frame = self.protocol.send_invoke(request, body)
-            # If it died, sending fails: reading then tells us how (end of stream).
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await self._requests.send_all(frame)
-            event = await self._next_event()
-            if isinstance(event, protocol.Result | protocol.HandlerError):
-                return event
-            raise WorkerGone()
+            while True:
+                if self.killed:  # by the gateway: its calls are lost, not malformed
+                    lost = WorkerGone("worker_lost", "the gateway had to kill its worker")
+                    return
+                try:
+                    event = self.protocol.next_event()
+                except protocol.ProtocolError as exc:
+                    lost = WorkerGone("bad_function_response", f"malformed worker output: {exc}")
+                    self.kill()
+                    return
+                if event is protocol.NEED_DATA:
+                    try:
+                        data = await self._answers.receive_some(READ_SIZE)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        data = b""
+                    self.protocol.receive_data(data)
+                    continue
+                if isinstance(event, protocol.Log):
+                    self._route_log(event)
+                elif isinstance(event, protocol.Ready):
+                    for line in self._startup_logs.lines():  # import-time prints: no invocation
+                        self._log_own(line)
+                    self._startup_logs = LogBuffer()
+                    self.ready.set()
+                elif isinstance(event, protocol.StartFailed):
+                    logs = (*self._startup_logs.lines(), *log_lines("stderr", event.traceback))
+                    message = f"function {self.spec.name} failed to start: {event.error}"
+                    self.start_failure = FunctionFailed(
+                        502, "function_failed_to_start", message, logs, self.pid
+                    )
+                    self.ready.set()
+                elif isinstance(event, protocol.Closed):
+                    return
+                elif not isinstance(event, protocol._NeedData):
+                    self._route_answer(event)
         finally:
-            self.sink = None
+            if self.memory_exceeded:
+                limit_mib = (self.memory_limit or 0) // (1024 * 1024)
+                lost = WorkerGone(
+                    "memory_limit_exceeded",
+                    f"its worker exceeded the function's memory limit of {limit_mib} MiB "
+                    f"and was killed",
+                )
+            self._lose_all(lost)
 
-    def _failure(self, code: str, message: str) -> FunctionFailed:
-        self.protocol.mark_broken()
-        self.kill()
-        return FunctionFailed(502, code, message, tuple(self.sink or ()), self.pid)
+    def _route_answer(self, event: protocol.Event) -> None:
+        call = self.calls.get(getattr(event, "id", -1))
+        if call is None:
+            return
+        if isinstance(event, protocol.HandlerError) and event.code == "memory_limit_exceeded":
+            self.memory_exceeded = True
+        final = self.protocol.invocation_state(call.id) is protocol.InvState.DONE
+        if final and len(self.calls) == 1:
+            self._drain_now()
+        call.deliver(event)
+        if final:
+            del self.calls[call.id]
+            call.done.set()
+
+    def _lose_all(self, lost: WorkerGone) -> None:
+        if not self.ready.is_set():
+            if self.start_failure is None:
+                logs = self._startup_logs.lines()
+                last = logs[-1].text if logs else "it exited before loading the function"
+                self.start_failure = FunctionFailed(
+                    502,
+                    "function_failed_to_start",
+                    f"function {self.spec.name} failed to start: {last}",
+                    logs,
+                    self.pid,
+                )
+            self.ready.set()
+        for call in list(self.calls.values()):
+            call.fail(lost)
+        self.calls.clear()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -254,7 +430,8 @@ class Worker:
             os.killpg(self.pid, signum)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group now (timeouts, broken pipes); never reused after."""
+        """SIGKILL the whole process group now; its in-flight calls fail, it is never reused."""
+        self.killed = True
         self.protocol.mark_broken()
         self._signal_group(signal.SIGKILL)
         self.stop_requested.set()
@@ -269,22 +446,28 @@ class Worker:
             self.returncode = self.process.returncode
 
     async def supervise(self) -> None:
-        """Own the process until it is gone: drain fd 1/2, honour stop requests, reap it.
+        """Own the process until it is gone: read its frames, drain fd 1/2, watch its memory,
+        honour stop requests, reap it.
 
         Runs in the pool's task group; on cancellation (server stop) it still terminates the
         group (SIGTERM, SIGKILL after KILL_GRACE) under a shield, so no process outlives it.
         """
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._drain_output)
-                tasks.start_soon(self._stop_when_requested)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._drain_output)
+                group.start_soon(self._stop_when_requested)
+                if self.memory_limit is not None:
+                    group.start_soon(self._watch_memory)
+                group.start_soon(self._reap)
+                await self._read_answers()
                 await self.process.wait()
+                self.returncode = self.process.returncode
                 # Children may still hold fd 1/2 open: kill the group, then let the drain
                 # read what is left in the pipe for a moment.
                 self._signal_group(signal.SIGKILL)
                 with anyio.move_on_after(0.2):
                     await self._output_done.wait()
-                tasks.cancel_scope.cancel()
+                group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 if self.process.returncode is None:
@@ -293,10 +476,18 @@ class Worker:
                 self._signal_group(signal.SIGKILL)
                 await self.process.wait()
                 self.returncode = self.process.returncode
-                for stream in (self._answers, self._requests, self.process.stdout):
+                self._lose_all(WorkerGone("worker_lost", "its worker was stopped"))
+                for stream in (self._answers, self._requests, self._output):
                     if stream is not None:
                         await stream.aclose()
                 self.exited.set()
+
+    async def _reap(self) -> None:
+        """When the worker itself exits, kill what is left of its group: a child still holding
+        its answer pipe would otherwise hide the exit from the reader (and its calls)."""
+        await self.process.wait()
+        self.returncode = self.process.returncode
+        self._signal_group(signal.SIGKILL)
 
     async def _stop_when_requested(self) -> None:
         await self.stop_requested.wait()
@@ -306,26 +497,66 @@ class Worker:
         await anyio.sleep(KILL_GRACE)
         self._signal_group(signal.SIGKILL)
 
+    async def _watch_memory(self) -> None:
+        assert self.memory_limit is not None
+        while True:
+            rss = tree_rss(self.pid)
+            self.peak_rss = max(self.peak_rss, rss)
+            if rss > self.memory_limit:
+                logger.warning(
+                    "%s[%d] uses %d MiB, over its memory limit of %d MiB: killed",
+                    self.spec.name,
+                    self.pid,
+                    rss // (1024 * 1024),
+                    self.memory_limit // (1024 * 1024),
+                )
+                self.memory_exceeded = True
+                self.kill()
+                return
+            await anyio.sleep(MEMORY_INTERVAL)
+
     async def _drain_output(self) -> None:
-        """Read the fd 1/2 pipe line by line; lines go to the invocation in flight, if any."""
-        partial = b""
-        stream = self.process.stdout
+        """Read the fd 1/2 pipe, bounded: lines go to the only call running, if any."""
+        stream = self._output
         assert stream is not None
         try:
             while True:
                 try:
-                    data = await stream.receive(READ_SIZE)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    data = b""
+                    data = await stream.receive_some(READ_SIZE)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break
                 if not data:
                     break
-                *lines, partial = (partial + data).split(b"\n")
-                for line in lines:
-                    self._record(LogLine(time.time(), "output", line.decode("utf-8", "replace")))
-                if len(partial) > 16 * 1024:  # no newline in sight: do not buffer forever
-                    self._record(LogLine(time.time(), "output", partial.decode("utf-8", "replace")))
-                    partial = b""
+                self._feed_output(data)
         finally:
-            if partial:
-                self._record(LogLine(time.time(), "output", partial.decode("utf-8", "replace")))
+            self._splitter.close()
             self._output_done.set()
+
+    def _feed_output(self, data: bytes) -> None:
+        if any(marker in data for marker in V8_OOM_MARKERS):
+            self.memory_exceeded = True  # V8 hit its heap cap (--max-old-space-size)
+        self._splitter.feed(data)
+
+    def _drain_now(self) -> None:
+        """Read what fd 1/2 already holds, without waiting: output written before the answer
+        (a child's, a raw write) then lands in the call that is finishing, not after it."""
+        stream = self._output
+        if stream is None or stream.closed:
+            return
+        for _ in range(16):  # bounded: a flood keeps going through the background drain
+            try:
+                data = os.read(stream.fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._feed_output(data)
+
+    def startup_logs(self) -> tuple[LogLine, ...]:
+        return self._startup_logs.lines()
+
+
+def log_lines(stream: str, text: str) -> list[LogLine]:
+    """A traceback or other text as log lines of one stream, stamped now."""
+    now = time.time()
+    return [LogLine(now, stream, line) for line in text.rstrip("\n").splitlines()]

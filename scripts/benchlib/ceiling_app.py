@@ -1,7 +1,8 @@
 """The ceiling: a bare hello-world ASGI app on hypercorn, configured like the gateway.
 
-Run as ``python ceiling_app.py PORT [trio|asyncio]`` (trio by default; asyncio on uvloop when
-installed, as ``flux serve --loop asyncio``); prints ``ceiling ready at http://127.0.0.1:PORT``
+Run as ``python ceiling_app.py PORT [trio|asyncio [CERT KEY]]`` (trio by default; asyncio on
+uvloop when installed, as ``flux serve --loop asyncio``; with CERT and KEY, HTTPS with ALPN h2 +
+http/1.1, as ``flux serve --tls``); prints ``ceiling ready at http://127.0.0.1:PORT``
 once bound and stops on SIGTERM/SIGINT. Whatever the gateway costs on top of this is its own
 cost. It uses the server's own socket, hypercorn config and worker choice (fluxgw.server), so
 only the app differs.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 import anyio
 
 from fluxgw.httpio import answer_lifespan
 from fluxgw.server import backend, hypercorn_config, listen_socket, run_hypercorn
+from fluxgw.tls import CertFiles
 
 BODY = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
@@ -31,9 +34,9 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls: CertFiles | None) -> None:
     sock = listen_socket("127.0.0.1", port)
-    config = hypercorn_config("127.0.0.1", port, 1.0)
+    config = hypercorn_config("127.0.0.1", port, 1.0, tls)
     config.bind = [f"fd://{sock.detach()}"]
     shutdown = anyio.Event()
 
@@ -51,4 +54,5 @@ async def main(port: int) -> None:
 
 if __name__ == "__main__":
     loop = sys.argv[2] if len(sys.argv) > 2 else "trio"
-    anyio.run(main, int(sys.argv[1]), **backend(loop))  # type: ignore[arg-type]
+    tls = CertFiles(Path(sys.argv[3]), Path(sys.argv[4])) if len(sys.argv) > 4 else None
+    anyio.run(main, int(sys.argv[1]), tls, **backend(loop))  # type: ignore[arg-type]

@@ -156,11 +156,13 @@ class Server:
         self.stop()
 
 
-def ceiling_server(port: int, log_dir: Path, loop: str = "trio") -> Server:
+def ceiling_server(
+    port: int, log_dir: Path, loop: str = "trio", tls: tuple[Path, Path] | None = None
+) -> Server:
     app = Path(__file__).resolve().parent / "ceiling_app.py"
     # -P: the script's folder (benchlib, with its own jwt.py) must not shadow real packages
-    argv = [sys.executable, "-P", str(app), str(port), loop]
-    return Server(f"ceiling-{loop}", argv, "ceiling ready", log_dir)
+    argv = [sys.executable, "-P", str(app), str(port), loop, *(str(path) for path in tls or ())]
+    return Server(f"ceiling-{loop}{'-tls' if tls else ''}", argv, "ceiling ready", log_dir)
 
 
 def gateway_server(
@@ -171,8 +173,9 @@ def gateway_server(
     tracing: bool = True,
     name: str = "gateway",
     loop: str = "trio",
+    extra: tuple[str, ...] = (),
 ) -> Server:
-    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), "--loop", loop]
+    argv = [FLUX, "--project", str(project), "serve", "--port", str(port), "--loop", loop, *extra]
     if not tracing:
         argv.append("--no-tracing")
     return Server(name, argv, "flux: serving", log_dir)

@@ -196,7 +196,9 @@ def test_queued_jobs_survive_kill_9(deployed: Path, tmp_path: Path) -> None:
     markers.mkdir()
     accepted: list[str] = []
     latencies: list[float] = []
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    # --no-sandbox: the jobs report that they ran by writing into ``markers`` on the host,
+    # which a sandboxed worker cannot (docs/sandbox.md); the queue is what is tested here.
+    with serve(deployed, "--no-sandbox") as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         for n in range(20):
             started = time.monotonic()
             response = client.post(
@@ -223,7 +225,7 @@ def test_queued_jobs_survive_kill_9(deployed: Path, tmp_path: Path) -> None:
     )
     assert 1 <= len(ran_before) < 20, "every job ran before the kill: nothing was tested"
 
-    with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+    with serve(deployed, "--no-sandbox") as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         deadline = time.monotonic() + 60
         while {p.name for p in markers.iterdir()} != set(accepted):
             assert time.monotonic() < deadline, (

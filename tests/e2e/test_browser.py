@@ -9,6 +9,7 @@ it saw by POSTing to its own server.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
-        CHROMIUM is None and not __import__("os").environ.get("CI"),
+        CHROMIUM is None and not os.environ.get("CI"),
         reason="chromium not installed (scripts/setup --test installs it)",
     ),
 ]
@@ -49,7 +50,13 @@ async function probe(url, options) {
 </script>"""
 
 
-def visit(url: str, profile: Path, page: PageServer) -> dict:
+def visit(
+    url: str,
+    profile: Path,
+    page: PageServer,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> dict:
     assert CHROMIUM, "chromium is required (scripts/setup --test)"
     browser = subprocess.Popen(
         [
@@ -63,18 +70,24 @@ def visit(url: str, profile: Path, page: PageServer) -> dict:
             "--disable-sync",
             "--disable-quic",
             f"--user-data-dir={profile}",
+            *args,
             url,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         assert page.arrived.wait(60), "the page never reported"
         return page.reports[-1]
     finally:
-        browser.kill()
-        browser.wait(10)
+        browser.terminate()  # a clean exit: Chromium flushes what it writes (a --log-net-log)
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(10)
         subprocess.run(["pkill", "-KILL", "-s", str(browser.pid)], check=False)
 
 

@@ -1,4 +1,5 @@
-"""The docs cannot rot: every command and code block in README.md and docs/testing.md runs here.
+"""The docs cannot rot: every command and code block in README.md, docs/testing.md and
+docs/tls.md runs here.
 
 The README's `scripts/test` line is not run from inside the suite it starts (it would recurse):
 it is what CI runs (.ci/run executes exactly it).
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import flux, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +137,7 @@ def normalise_terminal(text: str, project: str, port: str) -> list[str]:
     text = re.sub(r"version \d+", "version N", text)
     text = re.sub(r"Dashboard: http://127.0.0.1:\d+/login\?token=\S+", "Dashboard: URL", text)
     text = re.sub(r" (warm|cold)$", " warm", text, flags=re.M)
+    text = re.sub(r"\(bubblewrap [^)]*\)", "(bubblewrap VERSION)", text)
     return text.splitlines()
 
 
@@ -159,3 +162,24 @@ def test_readme_shows_the_flux_dev_terminal_as_it_is(tmp_path: Path) -> None:
     real = normalise_terminal("".join(gw.output), str(project), port)
     expected = normalise_terminal(shown, "/home/ada/shop", "4000")
     assert real[: len(expected)] == expected
+
+
+def test_tls_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/tls.md's blocks, with the CA and both trust stores in temporary folders; after
+    `flux tls trust`, curl reads the (temporary) system store's certificate folder."""
+    port = str(free_port())
+    stores = tmp_path / "stores"
+    steps = [b.replace("4000", port) for b in blocks(ROOT / "docs" / "tls.md", "sh")]
+    steps = [
+        b.replace("curl -s -i -H", f"curl -s -i --capath {stores}/etc/ssl/certs -H") for b in steps
+    ]
+    script = "trap 'kill %1 2>/dev/null || true' EXIT\n" + "\n".join(steps)
+    monkeypatch.setenv("FLUX_CA_DIR", str(tmp_path / "ca"))  # never the user's own
+    monkeypatch.setenv("FLUX_TRUST_SYSTEM_ROOT", str(stores))
+    monkeypatch.setenv("FLUX_TRUST_NSS_DB", str(tmp_path / "nssdb"))
+    result = shell(script, tmp_path)
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert output.count("HTTP/2 200") == 2, output  # --cacert, then the trusted store
+    assert "Hello, Ada!" in output and "Hello, Bob!" in output
+    assert "system store: added" in output and "NSS store: removed" in output

@@ -118,9 +118,14 @@ def test_another_projects_key_is_403(deployed: Path, tmp_path: Path) -> None:
 def test_burst_then_refill(deployed: Path, loop: str) -> None:
     key, other = key_for(deployed), key_for(deployed, "other")
     with serve(deployed, loop=loop) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        started = time.monotonic()
         statuses = [client.get("/slow?s=0", headers=bearer(key)).status_code for _ in range(125)]
+        elapsed = time.monotonic() - started
         assert statuses[:120] == [200] * 120, statuses
-        assert statuses[120:] == [429] * 5
+        # then refused, but for the one-per-second refill while the 125 calls ran (a loaded
+        # machine can take more than a second for them)
+        assert statuses[120:].count(200) <= int(elapsed), (statuses[120:], elapsed)
+        assert 429 in statuses[120:]
         refused = client.get("/slow?s=0", headers=bearer(key))
         assert_error(refused, 429, "rate_limited")
         assert int(refused.headers["retry-after"]) >= 1
@@ -157,9 +162,12 @@ async def test_limit_is_exact_under_concurrency(deployed: Path, loop: str) -> No
 def test_limits_survive_a_restart(deployed: Path) -> None:
     key = key_for(deployed)
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-        for _ in range(120):
-            client.get("/nope", headers=bearer(key))
-        assert client.get("/nope", headers=bearer(key)).status_code == 429
+        started = time.monotonic()
+        drained = 0  # 120, plus what refilled while draining
+        while client.get("/nope", headers=bearer(key)).status_code == 404:
+            drained += 1
+            assert drained <= 120 + time.monotonic() - started + 1
+        assert drained >= 120
         drained_at = time.monotonic()
         assert gw.stop() == 0
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:

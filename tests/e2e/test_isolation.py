@@ -1,14 +1,12 @@
 """One invocation's crash or hang affects only itself (docs/reference.md#runtimes), through `flux
 serve`.
 
-Why three functions (``ok``, ``crash``, ``hang``) and not one function with three modes: each
-function has its own pool of at most ``max_workers`` (default 4) workers, and waiting for a free
-worker counts against the request's deadline. With one shared pool, five hanging requests would
-hold every worker for a whole timeout and the ``ok`` requests queued behind them would time out
-too (504) — correct behaviour, but not the isolation being measured, and not deterministic.
-With separate pools the expected statuses are exact: the fifth ``hang`` request waits for a
-worker and times out while waiting (504 too); the fifth ``crash`` request gets a fresh worker as
-soon as one has crashed (502).
+Why three functions (``ok``, ``crash``, ``hang``) and not one function with three modes: a sync
+python worker runs one invocation at a time, so five hanging requests would hold every worker
+of a shared pool for a whole timeout and the ``ok`` requests queued behind them would get 503
+``overloaded`` — correct behaviour, but not the isolation being measured. With separate pools
+(``hang`` allowed five workers) the expected statuses are exact. The same isolation inside one
+multiplexed worker is tests/e2e/test_concurrency.py's.
 """
 
 from __future__ import annotations
@@ -89,7 +87,7 @@ async def test_five_crashes_and_five_hangs_fail_only_themselves(project: Path) -
         {
             "ok": ("python", PY_OK, {}),
             "crash": ("python", PY_CRASH, {}),
-            "hang": ("python", PY_HANG, {"timeout": 1}),
+            "hang": ("python", PY_HANG, {"timeout": 1, "max_workers": 5}),
         },
     )
     paths = ["/ok"] * 10 + ["/crash"] * 5 + ["/hang"] * 5

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 from conftest import BOTH_LOOPS, JS_RUNTIMES
 
@@ -177,3 +178,37 @@ async def test_missing_runtime_is_502_with_install_hint(
     assert failed.value.status == 502 and failed.value.code == "runtime_unavailable"
     assert "deno is not installed" in failed.value.message
     await pool.aclose()
+
+
+SPIN = """
+export default async function (req) {
+  const mode = new URL(req.url).searchParams.get("mode");
+  if (mode === "spin") while (true) {}  // blocks the worker's event loop: cancel cannot land
+  if (mode === "slow") await new Promise((resolve) => setTimeout(resolve, 5000));
+  return globalThis.Deno ? Deno.pid : process.pid;
+}
+"""
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_worker_that_must_be_killed_fails_its_neighbours_with_worker_lost(
+    pool: PoolManager, tmp_path: Path, runtime: str
+) -> None:
+    spec = make_function(tmp_path, runtime, SPIN, timeout=10)
+    first_pid = int((await pool.invoke(spec, call(spec, "pid"))).body)
+    outcomes: dict[str, FunctionFailed] = {}
+
+    async def one(mode: str, seconds: float) -> None:
+        with pytest.raises(FunctionFailed) as failed:
+            invocation = attrs.evolve(call(spec, mode), deadline=time.time() + seconds)
+            await pool.invoke(spec, invocation)
+        outcomes[mode] = failed.value
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "slow", 8.0)  # a neighbour, well within its own deadline
+        await anyio.sleep(0.2)
+        group.start_soon(one, "spin", 1.0)
+    assert outcomes["spin"].code == "function_timeout"
+    assert outcomes["slow"].status == 502 and outcomes["slow"].code == "worker_lost"
+    after = int((await pool.invoke(spec, call(spec, "pid"))).body)
+    assert after != first_pid  # a fresh worker

@@ -91,3 +91,32 @@ async def test_the_plugin_fixture_runs_on_anyio(flux_gateway) -> None:
     )
     assert response.status_code == 200
     assert response.json() == {"hi": "bo"}
+
+
+CALLER = """import urllib.request
+def handler(request, ctx):
+    h = request['headers']
+    req = urllib.request.Request(h['x-target'], headers={'authorization': h['x-inner']})
+    with urllib.request.urlopen(req, timeout=20) as r:  # verifies against SSL_CERT_FILE
+        return {'inner': r.read().decode()}
+"""
+
+
+async def test_tls_serves_http2_with_a_test_ca_that_functions_trust(hello_project: Path) -> None:
+    write_function(hello_project, "caller", CALLER, route="/caller")
+    async with open_gateway(hello_project, tls=True) as gw:
+        assert gw.url.startswith("https://127.0.0.1:")
+        assert gw.ca_cert is not None and b"BEGIN CERTIFICATE" in gw.ca_cert.read_bytes()
+        key = gw.create_key("ci")
+        hello = await gw.client.get("/hello", params={"name": "tls"}, headers=gw.auth(key))
+        assert (hello.status_code, hello.http_version) == (200, "HTTP/2")
+        called = await gw.client.post(
+            "/caller",
+            headers={
+                **gw.auth(key),
+                "x-target": gw.url.replace("127.0.0.1", "localhost") + "/hello?name=inner",
+                "x-inner": f"Bearer {key}",
+            },
+        )
+        assert called.status_code == 200, called.text
+        assert called.json() == {"inner": '{"hi": "inner"}'}
