@@ -44,7 +44,8 @@ LOCKED_FILES = (
 
 Fingerprint = tuple[int, int, int] | None
 MAX_STATE_FILE = 512 * 1024 * 1024  # keys.json of 1,000,000 keys is ~250 MB
-SHARED_DOCUMENTS = ("keys.json", "project.json")  # the files a Redis store holds instead
+# The files a Redis store holds instead (docs/redis.md): keys, settings, user-token settings.
+SHARED_DOCUMENTS = ("keys.json", "project.json", "jwt.json")
 
 
 class _Unset:

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 
 from ..errors import FluxError
+from ..state import SHARED_DOCUMENTS
 from .config import StoreConfig
 from .documents import CachedDocuments, RedisCommandDocuments
 from .health import StoreHealth
@@ -44,7 +45,6 @@ log = logging.getLogger("fluxgw.store")
 # coredis reports each retry at INFO; the store's own outage lines say what matters, once.
 logging.getLogger("coredis").setLevel(logging.WARNING)
 
-SHARED_DOCUMENTS = ("keys.json", "project.json")
 RESYNC_INTERVAL = 1.0  # s: the bound on how long a missed change notice can matter
 CALL_TIMEOUT = 1.0  # s: coredis' own socket timeouts, as the limiter's budget
 

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from ..errors import FluxError
-from ..state import StateDir
+from ..state import SHARED_DOCUMENTS, StateDir
 from .config import STORE_FILE, RedisAddress, StoreConfig, load_store_config, parse_redis_url
 from .documents import COMMAND_BUDGET
 
@@ -56,7 +56,7 @@ def set_store(state: StateDir, target: str, fallback: str | None) -> StoreConfig
 
 def _files_payloads(state: StateDir) -> dict[str, bytes]:
     found = {}
-    for path in (state.keys_file, state.settings_file):
+    for path in (state.root / name for name in SHARED_DOCUMENTS):
         data = state.read_json(path)  # validated as any read; StateError if corrupt
         if data is not None:
             found[path.name] = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
@@ -98,7 +98,7 @@ def _copy_to_files(state: StateDir, config: StoreConfig) -> None:
         from .redis_docs import RedisDocuments
 
         docs = RedisDocuments(client, config.prefix)
-        for name in ("keys.json", "project.json"):
+        for name in SHARED_DOCUMENTS:
             fetched[name] = (await docs.read(name))[1]
 
     _with_client(config.redis, fetch)

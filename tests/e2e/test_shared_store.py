@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import RunningGateway, bearer, flux, key_for, serve, write_function
+from conftest import FLUX, RunningGateway, bearer, flux, key_for, serve, write_function
 from redisserver import RedisServer
 
 HELLO = """
@@ -210,3 +211,36 @@ async def test_workers_serve_one_port_and_share_the_limit(shared: Path) -> None:
             assert statuses.count(429) >= 300 - 120
             health = await client.get("/_flux/health")
             assert health.json()["store"]["instances"] == 2
+
+
+USERS = """
+def handler(request, ctx):
+    return {"auth": ctx.auth}
+"""
+
+
+def test_token_settings_reach_every_instance_through_redis(shared: Path) -> None:
+    write_function(shared, "users", USERS, route="/users", method="GET", auth="jwt")
+    flux(shared, "deploy")
+    with instances(shared, 2) as gateways:
+        secret = b"s" * 40
+        subprocess.run(
+            [FLUX, "--project", str(shared), "project", "update", "--jwt-secret-stdin"],
+            input=secret + b"\n",
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        # the token settings (and the secret) live in Redis, not in this folder's .flux/
+        assert not (shared / ".flux" / "jwt.json").exists()
+        token = flux(shared, "jwt", "mint", "--sub", "ada").stdout.strip()
+        set_at = time.monotonic()
+        pending = {gw.url for gw in gateways}
+        while pending:
+            for url in list(pending):
+                answer = httpx.get(f"{url}/users", headers=bearer(token), timeout=30)
+                if answer.status_code == 200:
+                    assert answer.json()["auth"]["subject"] == "ada"
+                    pending.discard(url)
+            assert time.monotonic() - set_at < 1.0, f"token refused by {pending}"
+            time.sleep(0.02)
