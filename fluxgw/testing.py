@@ -128,7 +128,9 @@ class FluxTestGateway:
     ) -> bytes:
         """Take HS256 user tokens signed with ``secret`` (a random one by default); returns it.
         :meth:`mint_token` signs with it."""
-        secret = secret if secret is not None else secrets.token_bytes(32)
+        # text, not raw bytes: 32 random bytes start with "{" once in 256 draws, which the
+        # settings refuse as "looks like a key"
+        secret = secret if secret is not None else secrets.token_urlsafe(32).encode()
         update_token_settings(self.state, secret=secret, issuer=issuer, audience=audience)
         self._reload()
         return secret

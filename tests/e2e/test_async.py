@@ -34,6 +34,9 @@ def deployed(project: Path) -> Path:
     write_function(project, "job", JOB, route="/job", **{"async": True})
     write_function(project, "crash", CRASH, route="/crash", **{"async": True})
     flux(project, "deploy")
+    # these tests poll /_flux/invocations every 20 ms: on the free plan a slow machine would
+    # spend the key's burst on polling and read 429s (limits have tests of their own)
+    flux(project, "project", "update", "--plan", "team")
     return project
 
 

@@ -368,6 +368,8 @@ def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
 def test_dashboard_paths_are_not_on_the_public_port(shop: Path, gateway: RunningGateway) -> None:
     key = flux(shop, "api-keys", "create", "--name", "k").stdout.strip()
     with httpx.Client(base_url=gateway.url, timeout=5) as client:
+        # a key made while serving is live within a second: wait for it, then probe
+        assert poll_until(lambda: client.get("/echo", headers=bearer(key)).status_code == 200, 2)
         for path in ("/", "/login", "/static/app.js", "/api/keys", "/api/events"):
             answer = client.get(path, headers=bearer(key))
             assert answer.status_code == 404, path
