@@ -64,6 +64,30 @@ class QueueEvent:
         return self.job.function
 
 
+def attempt_event(
+    done: Job,
+    now: float,
+    started: float,
+    status: int | None = None,
+    result: InvocationResult | None = None,
+    failure: BaseException | None = None,
+) -> QueueEvent:
+    """The event for an attempt that ended (both queues): ``done`` is the job as
+    :func:`~fluxgw.jobstate.advance` left it, so a job queued again is a ``retry``."""
+    kind: EventKind = "retry" if done.state == "queued" else done.state
+    return QueueEvent(
+        kind,
+        done,
+        now,
+        duration_ms=(now - started) * 1000,
+        status=result.status if result is not None else status,
+        error=done.error,
+        retry_in_s=done.next_run_at - now if kind == "retry" else None,
+        result=result,
+        failure=failure,
+    )
+
+
 def invocation_json(invocation: Invocation) -> str:
     fields = attrs.asdict(invocation, recurse=False)
     del fields["body"]  # stored as a BLOB column, not base64 in JSON

@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 
 from .errors import StateError
-from .jobs import EventKind, Job, QueueEvent, invocation_json, job_from_row
+from .jobs import Job, QueueEvent, attempt_event, invocation_json, job_from_row
 from .jobstate import (
     RETRY_STATUSES,
     Backoff,
@@ -326,20 +326,7 @@ class JobQueue:
         await anyio.to_thread.run_sync(self._save, done)
         if done.state != "queued":
             self._depth -= 1
-        kind: EventKind = "retry" if done.state == "queued" else done.state
-        emit(
-            QueueEvent(
-                kind,
-                done,
-                now,
-                duration_ms=(now - started) * 1000,
-                status=result.status if result is not None else status,
-                error=done.error,
-                retry_in_s=done.next_run_at - now if kind == "retry" else None,
-                result=result,
-                failure=failure,
-            )
-        )
+        emit(attempt_event(done, now, started, status, result, failure))
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failure (jitter included)."""

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..jobs import EventKind, Job, QueueEvent
+from ..jobs import Job, QueueEvent, attempt_event
 from ..jobstate import RETRY_STATUSES, Backoff, Failed, Interrupted, Started, Succeeded, advance
 from ..queue import Invoke, OnEvent, QueueUnavailable, UnknownFunction, _safe
 from ..runtime.api import FunctionFailed, Invocation, InvocationResult
@@ -281,20 +281,7 @@ class RedisJobQueue:
             await self.jobs.defer(entry, job.request_id, done.next_run_at)
         else:
             await self.jobs.ack(entry)
-        kind: EventKind = "retry" if done.state == "queued" else done.state
-        emit(
-            QueueEvent(
-                kind,
-                done,
-                now,
-                duration_ms=(now - started) * 1000,
-                status=result.status if result is not None else status,
-                error=done.error,
-                retry_in_s=done.next_run_at - now if kind == "retry" else None,
-                result=result,
-                failure=failure,
-            )
-        )
+        emit(attempt_event(done, now, started, status, result, failure))
 
 
 def _dumps(record: dict[str, Any]) -> bytes:
