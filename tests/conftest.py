@@ -19,7 +19,9 @@ from typing import TypeVar
 
 import anyio
 import anyio.abc
+import coredis
 import pytest
+from redisserver import RedisServer, redis_server
 
 from fluxgw.runtime.discovery import find_runtime
 
@@ -252,3 +254,18 @@ class PageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for this test (docs/redis.md)."""
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis: RedisServer) -> AsyncIterator[coredis.Redis]:
+    """A coredis client connected to :func:`redis`."""
+    client = coredis.Redis(host="127.0.0.1", port=redis.port, stream_timeout=5)
+    async with client:
+        yield client

@@ -25,14 +25,6 @@ def handler(request, ctx):
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def shared(project: Path, redis: RedisServer) -> Path:
     write_function(project, "hello", HELLO, route="/hello", method="GET")
     flux(project, "deploy")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import coredis
@@ -22,24 +20,9 @@ from fluxgw.store.shared_limiter import SharedLimiter, StoreUnavailable, local_s
 pytestmark = BOTH_LOOPS
 
 
-@pytest.fixture
-def redis(tmp_path: Path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[coredis.Redis]:
-    c = coredis.Redis(host="127.0.0.1", port=redis.port, stream_timeout=1, connect_timeout=1)
-    async with c:
-        yield c
-
-
-async def test_answers_match_the_in_memory_limiter(client) -> None:
+async def test_answers_match_the_in_memory_limiter(redis_client) -> None:
     plan = Plan("slow", 1, 5)  # one request a minute: nothing refills during the test
-    remote = RedisLimiter(client, "flux:t:")
+    remote = RedisLimiter(redis_client, "flux:t:")
     local = GcraLimiter(lambda: 1_000.0)
     for _ in range(7):
         got = await remote.check("k", plan)
@@ -74,13 +57,13 @@ async def test_three_clients_admit_exactly_one_burst(redis: RedisServer) -> None
     assert 120 <= admitted <= 120 + int(elapsed) + 1
 
 
-async def test_restore_carries_a_drained_bucket_over(client) -> None:
+async def test_restore_carries_a_drained_bucket_over(redis_client) -> None:
     plan = PLANS["free"]
     memory = GcraLimiter(time.time)
     for _ in range(120):
         memory.check("k", plan)
-    remote = RedisLimiter(client, "flux:t:")
-    await remote.restore(client, memory.snapshot())
+    remote = RedisLimiter(redis_client, "flux:t:")
+    await remote.restore(redis_client, memory.snapshot())
     decision = await remote.check("k", plan)
     assert not decision.allowed and decision.retry_after >= 1
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import coredis
@@ -29,25 +27,10 @@ pytestmark = BOTH_LOOPS
 PREFIX = "flux:p1:"
 
 
-@pytest.fixture
-def redis(tmp_path: Path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def client(redis: RedisServer) -> AsyncIterator[coredis.Redis]:
-    c = coredis.Redis(host="127.0.0.1", port=redis.port, stream_timeout=5)
-    async with c:
-        yield c
-
-
-async def test_document_updates_are_compare_and_set_and_announced(client) -> None:
-    docs = RedisDocuments(client, PREFIX)
+async def test_document_updates_are_compare_and_set_and_announced(redis_client) -> None:
+    docs = RedisDocuments(redis_client, PREFIX)
     assert await docs.read("keys") == (0, None)
-    async with client.pubsub(channels=[docs.channel], ignore_subscribe_messages=True) as sub:
+    async with redis_client.pubsub(channels=[docs.channel], ignore_subscribe_messages=True) as sub:
         await docs.update("keys", lambda old: b"[1]")
         with anyio.fail_after(2):
             async for message in sub:
@@ -85,8 +68,8 @@ def trace(rid: str, started: float) -> dict[str, object]:
     return trace_to_json(record)
 
 
-async def test_traces_by_id_prefix_and_last_with_a_count_cap(client) -> None:
-    traces = RedisTraces(client, PREFIX, max_traces=5)
+async def test_traces_by_id_prefix_and_last_with_a_count_cap(redis_client) -> None:
+    traces = RedisTraces(redis_client, PREFIX, max_traces=5)
     now = time.time()
     ids = [f"{i:02d}aa{'0' * 28}" for i in range(8)]
     await traces.write([trace(rid, now + i) for i, rid in enumerate(ids)], [])
