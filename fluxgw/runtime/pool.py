@@ -46,7 +46,7 @@ logger = logging.getLogger("fluxgw.runtime")
 
 __all__ = ["Opened", "PoolManager", "Stream"]
 
-DEFAULT_CONCURRENCY = {"python": 256, "node": 256, "deno": 256}  # per worker; see docs
+DEFAULT_CONCURRENCY = {"python": 1000, "node": 1000, "deno": 1000}  # per worker; see docs
 QUEUE_WAIT = 0.5  # a call waits for capacity at most this fraction of its timeout
 DEFAULT_MAX_QUEUE = 1000  # calls waiting per function; more are refused at once
 CANCEL_GRACE = 1.0  # seconds a worker has to let go of a cancelled invocation
