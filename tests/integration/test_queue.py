@@ -177,7 +177,7 @@ async def test_retries_with_backoff_then_fails(tmp_path, tasks):
     assert 2.0 <= delay <= 4.0  # doubled
     clock.now = second.next_run_at
 
-    await wait_until(lambda: queue.get(rid).state == "failed")
+    await wait_until(lambda: ("failed", rid) in events)
     failed = queue.get(rid)
     assert failed.state == "failed" and failed.attempts == 3
     assert failed.error == "runtime_crashed: worker exited with code 1 (gave up after 3 attempts)"
