@@ -16,6 +16,7 @@ killed; its in-flight invocations fail with 502 ``memory_limit_exceeded``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -32,6 +33,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 
 from ..project import FunctionSpec
 from ..tls import function_env
@@ -100,14 +102,22 @@ def tree_rss(pid: int) -> int:
 class PipeStream:
     """One end of an ``os.pipe()`` as a byte stream, on any anyio backend.
 
-    anyio has no equivalent of trio's ``FdStream``: this waits on the descriptor with
-    ``anyio.wait_readable`` / ``wait_writable`` (trio and asyncio alike).
+    anyio has no equivalent of trio's ``FdStream``: on trio this waits with
+    ``anyio.wait_readable`` / ``wait_writable``. On asyncio, reading keeps the descriptor
+    registered with the loop between reads instead: anyio's ``wait_readable`` registers and
+    unregisters it on every wait (two epoll_ctl calls and a few dict operations per frame; this
+    stream carries every answer of a warm worker).
     """
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if sniffio.current_async_library() == "asyncio":
+            self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._watching = False
 
     @property
     def closed(self) -> bool:
@@ -122,7 +132,35 @@ class PipeStream:
             try:
                 return os.read(self.fd, max_bytes)
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
+                if self._loop is None:
+                    await anyio.wait_readable(self.fd)
+                else:
+                    await self._readable_asyncio(self._loop)
+
+    async def _readable_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._waiter is not None:
+            raise anyio.BusyResourceError("reading from")
+        waiter = self._waiter = loop.create_future()
+        if not self._watching:
+            loop.add_reader(self.fd, self._on_readable)
+            self._watching = True
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # Nobody is reading (epoll is level-triggered: it would call again on every pass).
+            self._unwatch()
+        else:
+            waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watching and self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            self._watching = False
 
     def send_nowait(self, data: bytes) -> int:
         """Write what the pipe takes now, without waiting: the bytes written (maybe 0)."""
@@ -151,6 +189,9 @@ class PipeStream:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            self._unwatch()
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(anyio.ClosedResourceError())
             anyio.notify_closing(self.fd)  # wakes a task waiting on it
             os.close(self.fd)
         await anyio.lowlevel.checkpoint()
