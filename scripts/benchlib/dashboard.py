@@ -3,11 +3,12 @@
 One `flux serve` (team plan, a warm python function), measured with wrk at c=32 with no
 dashboard open, then with 10 event streams (`/api/events`, unfiltered: every request is a
 candidate row for every stream, the dearest case) open and read by 10 threads of this process
-(they use well under 1 % of a core: the figure logs it). Runs come in pairs, 0 and 10 in
-alternating order so a drift of the shared machine's load hits both sides alike, and the
-figures are the medians of the pairs' ratios: of throughput, and of the gateway process's CPU
-time per request (its own, from /proc: the workers are other processes). Target: 10
-dashboards cost < 5 %.
+(they use well under 1 % of a core: the section logs it). Each round runs none / 10 / none
+again, in alternating order so a drift of the shared machine's load hits every side alike; the
+figures are the medians of the rounds' ratios to "none": of throughput, and of the gateway
+process's CPU time per request (its own, from /proc: the workers are other processes). "none
+again" vs "none" is the noise floor of the run, printed alongside. Target: 10 dashboards cost
+< 5 %.
 
 A third row measures the live tail's work per request in process (build the feed event, keep
 it, pick and encode the rows each tick for 10 streams): a figure the machine's load barely
@@ -143,13 +144,15 @@ def measure(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
     port = servers.free_port()
     url = f"http://127.0.0.1:{port}/py"
     headers = {"Authorization": f"Bearer {keys['dash']}"}
-    # Many short pairs: the load other processes put on a shared machine comes in bursts of
-    # seconds, and a median over many alternating pairs rides them out better than a few long
-    # runs (on a 2-core machine shared with test runs, single runs vary by +-25 %).
-    pairs = 6 if s.quick else 10
+    # Many short rounds: the load other processes put on a shared machine comes in bursts of
+    # seconds, and a median over many alternating rounds rides them out better than a few
+    # long runs. Each round also runs "none" twice: how far two identical setups differ in
+    # this run (the noise floor) is printed next to the figure.
+    rounds = 4 if s.quick else 8
     seconds = 2
-    rps: dict[int, list[float]] = {0: [], STREAMS: []}
-    cpu: dict[int, list[float]] = {0: [], STREAMS: []}  # gateway CPU us per request
+    setups = {"none": 0, "ten": STREAMS, "none again": 0}
+    rps: dict[str, list[float]] = {name: [] for name in setups}
+    cpu: dict[str, list[float]] = {name: [] for name in setups}  # gateway CPU us per request
     readers = 0.0  # the most CPU (cores) this process's stream readers used in a run
     with servers.gateway_server(project, port, logs, name="gateway-dashboard").start() as gw:
         status, body = servers.get(url, keys["dash"])
@@ -159,8 +162,10 @@ def measure(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
         run_wrk(url, connections=32, seconds=s.warmup, headers=headers)
         gateway = psutil.Process(gw.pid)
         streamed = 0
-        for pair in range(pairs):
-            for count in (0, STREAMS) if pair % 2 == 0 else (STREAMS, 0):
+        for round_ in range(rounds):
+            order = list(setups) if round_ % 2 == 0 else list(reversed(setups))
+            for name in order:
+                count = setups[name]
                 with open_streams(host, cookie, count) as received:
                     before, mine = sum(gateway.cpu_times()[:2]), time.process_time()
                     run = run_wrk(url, connections=32, seconds=seconds, headers=headers)
@@ -168,36 +173,36 @@ def measure(s: Any, work: Path, log: Callable[[str], None]) -> list[list[str]]:
                     if count:
                         readers = max(readers, (time.process_time() - mine) / seconds)
                     streamed = max(streamed, sum(received))
-                rps[count].append(run.rps)
-                cpu[count].append(used / max(1, run.requests) * 1e6)
-                figures = f"{run.rps:8.0f} req/s  {cpu[count][-1]:6.0f} us CPU/req"
+                rps[name].append(run.rps)
+                cpu[name].append(used / max(1, run.requests) * 1e6)
+                figures = f"{run.rps:8.0f} req/s  {cpu[name][-1]:6.0f} us CPU/req"
                 log(f"dashboard: {count:2d} open  {figures}")
     if streamed == 0:
         raise servers.BenchError("the 10 event streams received nothing")
     log(f"dashboard: the stream readers (this process) used at most {readers:.3f} of a core")
-    ratios = [a / b for a, b in zip(rps[STREAMS], rps[0], strict=True)]
-    costs = [a / b - 1 for a, b in zip(cpu[STREAMS], cpu[0], strict=True)]
-    ratio, cost = statistics.median(ratios), statistics.median(costs)
-    # The spread of the pairs says how far this run can be trusted: on a busy shared machine
-    # two identical runs differ by more than the 5 % asked for.
-    low, _, high = statistics.quantiles(ratios, n=4)
-    cost_low, _, cost_high = statistics.quantiles(costs, n=4)
+
+    def ratios(values: dict[str, list[float]], name: str) -> list[float]:
+        return [a / b for a, b in zip(values[name], values["none"], strict=True)]
+
+    ratio = statistics.median(ratios(rps, "ten"))
+    cost = statistics.median(ratios(cpu, "ten")) - 1
+    same = statistics.median(ratios(rps, "none again"))
+    same_cost = statistics.median(ratios(cpu, "none again")) - 1
     tail_us = tail_work_per_request()
-    base_us = statistics.median(cpu[0])
+    base_us = statistics.median(cpu["none"])
     return [
         [
             f"gateway -> python, c=32, {STREAMS} dashboards on the live tail vs none",
-            f"{ratio:.2f} (median of {pairs} pairs, middle half {low:.2f}-{high:.2f}; "
-            f"{statistics.median(rps[STREAMS]):,.0f} vs "
-            f"{statistics.median(rps[0]):,.0f} req/s; {streamed / 2**20:.1f} MiB streamed)",
+            f"{ratio:.2f} (median of {rounds} rounds; {statistics.median(rps['ten']):,.0f} vs "
+            f"{statistics.median(rps['none']):,.0f} req/s; none vs none: {same:.2f}; "
+            f"{streamed / 2**20:.1f} MiB streamed)",
             ">= 0.95",
             "yes" if ratio >= 0.95 else f"**no**: {0.95 - ratio:.2f} short",
         ],
         [
             f"gateway CPU per request, {STREAMS} dashboards open vs none",
-            f"{cost:+.1%} (median of {pairs} pairs, middle half {cost_low:+.0%} to "
-            f"{cost_high:+.0%}; {statistics.median(cpu[STREAMS]):.0f} vs "
-            f"{base_us:.0f} us)",
+            f"{cost:+.1%} ({statistics.median(cpu['ten']):.0f} vs {base_us:.0f} us; "
+            f"none vs none: {same_cost:+.1%})",
             "< +5%",
             "yes" if cost < 0.05 else f"**no**: {cost:+.1%}",
         ],
