@@ -152,6 +152,7 @@ def cold_and_warm(runtimes: list[str], cold_runs: int, warm_seconds: float) -> d
                     warm[mode].append(anyio.run(_warm_once, spec, modes[mode], warm_seconds))
             out[runtime] = {
                 "cold_ms": {m: statistics.median(v) for m, v in cold.items()},
+                "cold_best_ms": {m: min(v) for m, v in cold.items()},
                 "warm_rps": {m: max(v) for m, v in warm.items()},
             }
     return out
@@ -240,10 +241,13 @@ def summary_rows(data: dict) -> list[list[str]]:
             continue
         cold, warm = row["cold_ms"], row["warm_rps"]
         extra = cold["sandbox"] - cold["bare"]
+        # The best of the runs too: on a shared machine the median carries others' load.
+        best = row.get("cold_best_ms", cold)
         out.append(
             [
-                f"{runtime} cold start, sandbox vs bare",
-                f"{cold['sandbox']:.1f} vs {cold['bare']:.1f} ms ({extra:+.1f} ms)",
+                f"{runtime} cold start, sandbox vs bare (median; best)",
+                f"{cold['sandbox']:.1f} vs {cold['bare']:.1f} ms ({extra:+.1f} ms); "
+                f"{best['sandbox'] - best['bare']:+.1f} ms",
                 "<= +15 ms",
                 "yes" if extra <= 15 else "no",
             ]
