@@ -83,20 +83,50 @@ def worker_env(spec: FunctionSpec, protocol_fd: int) -> dict[str, str]:
 
 def tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and all its descendants (0 when it is gone)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
+    return TreeRss(pid).sample()
+
+
+class TreeRss:
+    """RSS of a process tree, sampled often (every MEMORY_INTERVAL per worker): the root's
+    /proc files stay open and are re-read with pread, one syscall each instead of
+    open/read/close (profiled at ~2 % of a busy gateway's CPU with two workers)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._statm: int | None = None
+        self._children: int | None = None
+        with contextlib.suppress(OSError):
+            self._statm = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+            self._children = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+
+    def sample(self) -> int:
+        if self._statm is None or self._children is None:
+            return 0
         try:
-            with open(f"/proc/{current}/statm", "rb") as handle:
-                total += int(handle.read().split()[1]) * _PAGE
-            with open(f"/proc/{current}/task/{current}/children", "rb") as handle:
-                todo.extend(int(child) for child in handle.read().split())
+            total = int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE
+            todo = [int(child) for child in os.pread(self._children, 4096, 0).split()]
         except (OSError, ValueError, IndexError):
-            continue
-    return total
+            return 0
+        seen = {self.pid}
+        while todo:  # descendants are rare: plain open/read for them
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                with open(f"/proc/{current}/statm", "rb") as handle:
+                    total += int(handle.read().split()[1]) * _PAGE
+                with open(f"/proc/{current}/task/{current}/children", "rb") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def close(self) -> None:
+        for fd in (self._statm, self._children):
+            if fd is not None:
+                os.close(fd)
+        self._statm = self._children = None
 
 
 class PipeStream:
@@ -582,16 +612,23 @@ class Worker:
 
     async def _watch_memory(self) -> None:
         assert self.memory_limit is not None
+        meter = TreeRss(self.pid)
+        try:
+            await self._watch_rss(meter, self.memory_limit)
+        finally:
+            meter.close()
+
+    async def _watch_rss(self, meter: TreeRss, limit: int) -> None:
         while True:
-            rss = tree_rss(self.pid)
+            rss = meter.sample()
             self.peak_rss = max(self.peak_rss, rss)
-            if rss > self.memory_limit:
+            if rss > limit:
                 logger.warning(
                     "%s[%d] uses %d MiB, over its memory limit of %d MiB: killed",
                     self.spec.name,
                     self.pid,
                     rss // (1024 * 1024),
-                    self.memory_limit // (1024 * 1024),
+                    limit // (1024 * 1024),
                 )
                 self.memory_exceeded = True
                 self.kill()
