@@ -159,9 +159,11 @@ class LogReader:
             args = [top_row, *params, *([limit] if limit is not None else [])]
             rows = list(reversed(self.conn.execute(sql, args).fetchall()))
             timeline: list[tuple[float, FeedItem]] = []
+            answered: dict[str, float] = {}  # request id -> when its answer was complete
             for row in rows:
                 event = _request(row)
-                timeline.append((event.at + event.duration_ms / 1000, event))
+                answered[event.request_id] = event.at + event.duration_ms / 1000
+                timeline.append((answered[event.request_id], event))
             queued = [row[1] for row in rows if row[10] is not None]
             for chunk in _chunks(queued, 500):
                 marks = ", ".join("?" * len(chunk))
@@ -171,7 +173,12 @@ class LogReader:
                     "ORDER BY e.id",
                     [*chunk, top_event],
                 ).fetchall()
-                timeline.extend((job.at, job) for job in self._jobs(events))
+                # A job can start before its request's 202 has finished going out (the
+                # dispatcher wakes on the enqueue): its lines still follow the request's.
+                timeline.extend(
+                    (max(job.at, answered.get(job.request_id, job.at)), job)
+                    for job in self._jobs(events)
+                )
         self.last_row, self.last_event = top_row, top_event
         timeline.sort(key=lambda pair: pair[0])
         return [item for _, item in timeline]

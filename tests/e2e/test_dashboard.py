@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -388,7 +389,12 @@ def test_login_links_work_once_and_expire(shop: Path, gateway: RunningGateway) -
 
 
 def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
-    with serve(shop) as gw:
+    # A port of its own, not the default 4001 that every other gateway on the machine tries
+    # first: between the two starts one of them could take it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    with serve(shop, "--dashboard-port", port) as gw:
         url = login_url(gw)
         client = httpx.Client(timeout=5)
         assert client.get(url).status_code == 303
@@ -397,7 +403,8 @@ def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
     assert not (shop / ".flux" / "dashboard.json").exists()
     error = flux(shop, "dashboard", check=False)
     assert error.returncode == 1 and "no gateway is running" in error.stderr
-    with serve(shop, "--dashboard-port", base.rsplit(":", 1)[1]) as gw:
+    assert base.rsplit(":", 1)[1] == port
+    with serve(shop, "--dashboard-port", port) as gw:
         assert origin_of(login_url(gw)) == base
         assert client.get(f"{base}/api/session").status_code == 401
     client.close()
