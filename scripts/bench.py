@@ -12,7 +12,8 @@ Sections: `core` (all of the above) and the named extra sections of SECTIONS (e.
 and without --log-requests; `jwt`: user tokens, ES256 and HS256, vs API keys on one
 gateway; `loops`: the gateway on trio and on asyncio, each against its own ceiling;
 `sandbox`: worker cold start and warm throughput with and without bubblewrap, and the cost of
-50 declared secrets; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime; `streaming`: a
+50 declared secrets; `flood`: gateway RSS and other requests' latency while a function
+prints 200 MB; `concurrency`: 100 / 1,000 concurrent 1 s calls per runtime; `streaming`: a
 100 MB stream through the gateway vs bare hypercorn; `tls`: h2load over
 HTTPS/HTTP2 next to HTTP/1.1 and the bare hypercorn TLS ceiling). `--only NAME[,NAME]` runs
 just those; without `core` the rows are printed (and written to --out only when it is given).
@@ -36,6 +37,7 @@ from benchlib import (
     concurrency,
     dashboard,
     devreload,
+    flood,
     inproc,
     loops,
     profile,
@@ -64,6 +66,7 @@ SECTIONS = {
     "streaming": streaming.section,  # a 100 MB stream vs bare hypercorn (issue 15)
     "loops": loops.measure,
     "sandbox": sandbox.section,
+    "flood": flood.measure,  # a function printing 200 MB: gateway RSS and latency (issue 10)
     "redis": shared_store.measure,
     "tls": tls_bench.section,
 }

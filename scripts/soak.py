@@ -37,12 +37,15 @@ class Tally:
         self.lock = threading.Lock()
         self.requests = 0
         self.errors: dict[str, int] = {}
+        self.examples: list[str] = []  # the first few error answers, whole
 
-    def add(self, error: str | None) -> None:
+    def add(self, error: str | None, example: str = "") -> None:
         with self.lock:
             self.requests += 1
             if error is not None:
                 self.errors[error] = self.errors.get(error, 0) + 1
+                if len(self.examples) < 5:
+                    self.examples.append(f"{error}: {example[:300]}")
 
 
 def client(url: str, key: str, offset: int, until: float, tally: Tally) -> None:
@@ -52,12 +55,18 @@ def client(url: str, key: str, offset: int, until: float, tally: Tally) -> None:
         while time.monotonic() < until:
             route = ROUTES[turn % len(ROUTES)]
             turn += 1
+            example = ""
             try:
                 answer = http.get(route)
-                error = None if answer.status_code == 200 else f"{route} -> {answer.status_code}"
+                error = None
+                if answer.status_code != 200:
+                    code = answer.json().get("error", "?") if answer.content[:1] == b"{" else "?"
+                    error = f"{route} -> {answer.status_code} {code}"
+                    example = answer.text
             except httpx.HTTPError as exc:
                 error = f"{route} -> {type(exc).__name__}"
-            tally.add(error)
+                example = str(exc)
+            tally.add(error, example)
 
 
 def rss_mib(pid: int) -> float:
@@ -116,6 +125,10 @@ def main() -> int:
     print(f"soak: {args.minutes:g} min, c={args.concurrency}, routes {', '.join(ROUTES)}")
     print(f"  requests      {tally.requests} ({tally.requests / elapsed:.0f}/s)")
     print(f"  errors        {errors}" + (f"  {tally.errors}" if errors else ""))
+    for example in tally.examples:
+        print(f"    {example}")
+    per_minute = [f"{rss:.1f}" for at, rss in samples if int(at) % 60 < SAMPLE_EVERY]
+    print(f"  RSS per minute (MiB): {' '.join(per_minute)}")
     print(
         f"  gateway RSS   {samples[0][1]:.1f} MiB at start, {base:.1f} MiB after a "
         f"{warmup:.0f} s warm-up, {end:.1f} MiB at the end: {growth:+.1%} "
