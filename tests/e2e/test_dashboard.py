@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import PageServer, RunningGateway, bearer, flux, serve, write_function
+from redisserver import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -89,6 +90,7 @@ def poll_until(predicate, timeout: float, interval: float = 0.02):
         time.sleep(interval)
 
 
+@pytest.mark.timing
 def test_dashboard_in_a_browser(shop: Path, gateway: RunningGateway, browser) -> None:
     from playwright.sync_api import expect
 
@@ -350,7 +352,9 @@ def test_login_links_work_once_and_expire(shop: Path, gateway: RunningGateway) -
 
 
 def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
-    with serve(shop) as gw:
+    # A free port rather than the default 4001: the restart below reuses this port, and a
+    # gateway of another test running in parallel could take 4001 in between.
+    with serve(shop, "--dashboard-port", str(free_port())) as gw:
         url = login_url(gw)
         client = httpx.Client(timeout=5)
         assert client.get(url).status_code == 303
@@ -384,6 +388,7 @@ def test_no_dashboard(shop: Path) -> None:
         assert "--no-dashboard" in error.stderr and "Traceback" not in error.stderr
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("loop", ["trio", "asyncio"])
 def test_live_tail_on_either_event_loop(shop: Path, loop: str) -> None:
     key = flux(shop, "api-keys", "create", "--name", "k").stdout.strip()
