@@ -178,7 +178,6 @@ def test_key_sets_from_a_url_and_settings_reach_a_running_gateway(project: Path,
             time.sleep(0.02)
 
 
-@pytest.mark.timing
 def test_secret_settings_mint_and_traces(tokens_project: Path) -> None:
     set_secret(tokens_project, SECRET, "--jwt-issuer", ISSUER)
     state = StateDir(tokens_project)
