@@ -43,39 +43,58 @@ def value_problem(name: str, value: str) -> str | None:
     return None
 
 
+class EnvFieldError(ValueError):
+    """``secrets`` or ``env`` is invalid; ``field`` is its flux.json name (``env.NAME``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field '{field}': {problem}")
+        self.field = field
+        self.problem = problem
+
+
 def parse_env_fields(
     shown: str, data: dict[str, Any]
 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """Validated ``secrets`` (names, sorted) and ``env`` (sorted pairs) of one flux.json."""
-    raw_secrets = data.get("secrets", [])
+    try:
+        return check_env_fields(data.get("secrets", []), data.get("env", {}))
+    except EnvFieldError as exc:
+        raise ConfigError(shown, exc.field, exc.problem) from None
+
+
+def check_env_fields(
+    raw_secrets: Any, raw_env: Any
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``secrets`` (a list of names) and ``env`` (an object of NAME: value) as JSON gives them,
+    validated: sorted names and sorted pairs, or EnvFieldError. flux.json and deployment.json
+    (read back by the gateway) go through this one rule."""
     if not isinstance(raw_secrets, list):
-        raise ConfigError(shown, "secrets", f"must be a list of names, got {_short(raw_secrets)}")
+        raise EnvFieldError("secrets", f"must be a list of names, got {_short(raw_secrets)}")
     secrets: list[str] = []
     for name in raw_secrets:
         if not isinstance(name, str):
-            raise ConfigError(shown, "secrets", f"must hold names (strings), got {_short(name)}")
+            raise EnvFieldError("secrets", f"must hold names (strings), got {_short(name)}")
         problem = name_problem(name)
         if problem:
-            raise ConfigError(shown, "secrets", problem)
+            raise EnvFieldError("secrets", problem)
         secrets.append(name)
-    raw_env = data.get("env", {})
     if not isinstance(raw_env, dict):
-        raise ConfigError(shown, "env", f"must be an object of NAME: value, got {_short(raw_env)}")
+        raise EnvFieldError("env", f"must be an object of NAME: value, got {_short(raw_env)}")
     env: list[tuple[str, str]] = []
     for name, value in raw_env.items():
         problem = name_problem(name)
         if problem:
-            raise ConfigError(shown, "env", problem)
+            raise EnvFieldError("env", problem)
         if not isinstance(value, str):
-            raise ConfigError(shown, f"env.{name}", f"must be a string, got {_short(value)}")
+            raise EnvFieldError(f"env.{name}", f"must be a string, got {_short(value)}")
         problem = value_problem(name, value)
         if problem:
-            raise ConfigError(shown, f"env.{name}", problem)
+            raise EnvFieldError(f"env.{name}", problem)
         if name in secrets:
-            raise ConfigError(shown, f"env.{name}", f"{name} is also listed in secrets")
+            raise EnvFieldError(f"env.{name}", f"{name} is also listed in secrets")
         env.append((name, value))
     if len(set(secrets)) + len(env) > MAX_NAMES:
-        raise ConfigError(shown, "env", f"at most {MAX_NAMES} secrets and env names in all")
+        raise EnvFieldError("env", f"at most {MAX_NAMES} secrets and env names in all")
     return tuple(sorted(set(secrets))), tuple(sorted(env))
 
 

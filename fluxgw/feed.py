@@ -1,9 +1,11 @@
 """The live feed: completed requests and async-job events, in process, for whoever listens.
 
 The gateway calls :meth:`RequestFeed.publish` once per answered request (where it records the
-trace) and once per async-job event. Listeners (the request log of `flux dev` /
-`flux serve --log-requests`, the dashboard's live tail) call :meth:`RequestFeed.subscribe`
-and read an anyio memory object stream.
+trace) and once per async-job event. Listeners that want every event in order (the request
+log of `flux dev` / `flux serve --log-requests`) call :meth:`RequestFeed.subscribe` and read
+an anyio memory object stream; a listener that looks a few times a second and only wants the
+newest events (the dashboard's live tail) takes a :meth:`RequestFeed.ring` instead, which costs
+a request one ``deque.append``.
 
 Publishing never waits and never fails: with nobody listening it is one truthiness check
 (the gateway checks :attr:`RequestFeed.active` before it even builds an event), and a
@@ -19,9 +21,10 @@ See docs/logs.md.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -41,6 +44,7 @@ __all__ = [
     "JobEvent",
     "RequestEvent",
     "RequestFeed",
+    "Ring",
     "job_event",
     "request_event",
 ]
@@ -136,12 +140,38 @@ class _Subscriber:
     tap: MemoryObjectReceiveStream[FeedItem]  # a clone of the reader's end: pops the oldest
     max_buffer: int
 
+    def offer(self, event: RequestEvent | JobEvent) -> None:
+        _offer(self, event)
+
+
+class Ring:
+    """The newest ``maxlen`` events published since the last :meth:`take`, and how many older
+    ones fell out: for a reader that polls on a timer rather than waking per event."""
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self._items: collections.deque[RequestEvent | JobEvent] = collections.deque(maxlen=maxlen)
+        self._offered = 0
+
+    def offer(self, event: RequestEvent | JobEvent) -> None:
+        self._items.append(event)  # a full deque drops its oldest item itself
+        self._offered += 1
+
+    def take(self) -> tuple[list[RequestEvent | JobEvent], int]:
+        """The events held, oldest first, and how many were lost to the bound; empties it."""
+        items = list(self._items)
+        lost = self._offered - len(items)
+        self._items.clear()
+        self._offered = 0
+        return items, lost
+
 
 class RequestFeed:
-    """Fan-out of :data:`FeedItem` s to any number of bounded subscriber streams."""
+    """Fan-out of :data:`FeedItem` s to any number of bounded subscriber streams and rings."""
 
     def __init__(self) -> None:
-        self._subscribers: list[_Subscriber] = []
+        self._subscribers: list[_Subscriber | Ring] = []
 
     @property
     def active(self) -> bool:
@@ -151,7 +181,17 @@ class RequestFeed:
     def publish(self, event: RequestEvent | JobEvent) -> None:
         """Hand ``event`` to every subscriber; never blocks, never raises."""
         for subscriber in self._subscribers:
-            _offer(subscriber, event)
+            subscriber.offer(event)
+
+    @contextlib.contextmanager
+    def ring(self, maxlen: int = DEFAULT_BUFFER) -> Iterator[Ring]:
+        """A :class:`Ring` of the events published from now on, while the block runs."""
+        ring = Ring(maxlen)
+        self._subscribers.append(ring)
+        try:
+            yield ring
+        finally:
+            self._subscribers.remove(ring)
 
     @contextlib.asynccontextmanager
     async def subscribe(

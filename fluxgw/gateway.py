@@ -332,7 +332,7 @@ class Gateway:
             assert principal.record is not None
             return await self.endpoints.answer(ex, principal.record)
         spec = self.route(ex, principal)
-        body = await self.read_body(ex, spec, receive)
+        body = await self.read_body(ex, spec, receive, scope.get("http_version") == "2")
         return await self.dispatch(ex, spec, scope, body)
 
     # -- steps -------------------------------------------------------------------------------
@@ -415,18 +415,27 @@ class Gateway:
             raise
         return spec
 
-    async def read_body(self, ex: Exchange, spec: FunctionSpec, receive: Receive) -> bytes:
+    async def read_body(
+        self, ex: Exchange, spec: FunctionSpec, receive: Receive, http2: bool
+    ) -> bytes:
         """The whole body, within the function's timeout (else 408) and size limit (413).
 
         Bounded in time because hypercorn does not report a client that stalls or goes away:
         an unbounded read would hold the connection forever."""
+        # An HTTP/2 request may carry a body without Content-Length (its end is the stream's
+        # end): always read it. HTTP/1.1 without Content-Length or Transfer-Encoding has none.
+        unframed = http2 and "content-length" not in ex.headers
+        if not unframed and "transfer-encoding" not in ex.headers:
+            length = ex.headers.get("content-length")
+            if length is None or length == "0":
+                return b""  # nothing to wait for: no timer (a cancel scope per request)
         with anyio.move_on_after(spec.timeout) as reading:
             try:
                 body = await read_body(
                     receive,
                     ex.headers.get("content-length"),
                     self.options.max_body,
-                    chunked="transfer-encoding" in ex.headers,
+                    chunked="transfer-encoding" in ex.headers or unframed,
                 )
             except HttpError as refused:
                 if refused.status == 413 and "transfer-encoding" not in ex.headers:

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .envspec import EnvFieldError, check_env_fields, parse_env_fields
 from .errors import ConfigError, ProjectNotFound
 from .safeio import UnsafeInput, clip, read_regular_file, shorten
 from .safeio import loads as safe_loads
@@ -143,6 +144,46 @@ def _bool_problem(value: Any) -> str | None:
     return None if isinstance(value, bool) else f"must be true or false, got {clip(value)}"
 
 
+def _int_range(low: int, high: int, *, optional: bool = False) -> Any:
+    def problem(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer, got {clip(value)}"
+        if not low <= value <= high:
+            return f"{clip(value)} is out of range ({low}-{high})"
+        return None
+
+    return problem
+
+
+def _secrets_problem(value: Any) -> str | None:
+    if not isinstance(value, tuple):
+        return f"must be a list of names, got {clip(value)}"
+    try:
+        check_env_fields(list(value), {})
+    except EnvFieldError as exc:
+        return exc.problem
+    return None
+
+
+def _env_problem(value: Any) -> str | None:
+    pairs = value if isinstance(value, tuple) else ()
+    if not isinstance(value, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        return f"must be NAME: value pairs, got {clip(value)}"
+    try:
+        check_env_fields([], dict(pairs))
+    except EnvFieldError as exc:
+        return exc.problem
+    return None
+
+
+def _env_not_secret(inst: Any, _attr: attrs.Attribute, value: Any) -> None:
+    for name, _ in value:
+        if name in inst.secrets:
+            raise FieldError(f"env.{name}", f"{name} is also listed in secrets")
+
+
 def _directory_problem(value: Any) -> str | None:
     if not isinstance(value, Path) or not value.is_absolute():
         return f"must be an absolute path, got {clip(str(value))}"
@@ -165,11 +206,20 @@ class FunctionSpec:
     auth: tuple[str, ...] = attrs.field(  # credentials accepted: "key" and/or "jwt"
         default=("key",), validator=_check(_auth_problem)
     )
-    secrets: tuple[str, ...] = ()  # names of stored secrets it receives (docs/secrets.md)
-    env: tuple[tuple[str, str], ...] = ()  # plain settings, sorted pairs (hashable)
-    concurrency: int | None = None  # per worker; None: the runtime's default
-    max_workers: int | None = None  # per function; None: the gateway's setting
-    memory: int = DEFAULT_MEMORY  # MiB of RSS per worker
+    # names of stored secrets it receives (docs/secrets.md)
+    secrets: tuple[str, ...] = attrs.field(default=(), validator=_check(_secrets_problem))
+    env: tuple[tuple[str, str], ...] = attrs.field(  # plain settings, sorted pairs (hashable)
+        default=(), validator=[_check(_env_problem), _env_not_secret]
+    )
+    concurrency: int | None = attrs.field(  # per worker; None: the runtime's default
+        default=None, validator=_check(_int_range(1, MAX_CONCURRENCY, optional=True))
+    )
+    max_workers: int | None = attrs.field(  # per function; None: the gateway's setting
+        default=None, validator=_check(_int_range(1, MAX_WORKERS, optional=True))
+    )
+    memory: int = attrs.field(  # MiB of RSS per worker
+        default=DEFAULT_MEMORY, validator=_check(_int_range(MIN_MEMORY, MAX_MEMORY))
+    )
 
     @property
     def entry_path(self) -> Path:
@@ -207,6 +257,11 @@ class FunctionSpec:
                 raise FieldError(shorten(field, 30), "is not a known field")
         if not isinstance(data["directory"], str) or "\x00" in data["directory"]:
             raise FieldError("directory", f"must be a path, got {clip(data['directory'])}")
+        try:
+            secrets, env = check_env_fields(data.get("secrets", []), data.get("env", {}))
+        except EnvFieldError as exc:
+            raise FieldError(exc.field, exc.problem) from None
+        memory = data.get("memory")  # missing in deployments older than the field
         return cls(
             name=data["name"],
             runtime=data["runtime"],
@@ -217,11 +272,11 @@ class FunctionSpec:
             is_async=data["async"],
             timeout=data["timeout"],
             auth=_auth_tuple(data.get("auth", ["key"])),
-            secrets=tuple(data.get("secrets", ())),
-            env=tuple(sorted(data.get("env", {}).items())),
+            secrets=secrets,
+            env=env,
             concurrency=data.get("concurrency"),
             max_workers=data.get("max_workers"),
-            memory=int(data.get("memory") or DEFAULT_MEMORY),
+            memory=DEFAULT_MEMORY if memory is None else memory,
         )
 
 
@@ -312,8 +367,6 @@ def parse_function(file: Path, raw: bytes, display: str | None = None) -> Functi
         raise ConfigError(shown, "entry", f"{clip(entry)} must stay inside the function folder")
     if not exists:
         raise ConfigError(shown, "entry", f"entry file {clip(entry)} does not exist in {folder}")
-    from .envspec import parse_env_fields
-
     secret_names, env = parse_env_fields(shown, data)
     return FunctionSpec(
         name=name,

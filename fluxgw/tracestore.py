@@ -17,7 +17,6 @@ Readers (the CLI) open their own connection; WAL mode lets them read while a gat
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
@@ -35,8 +34,7 @@ import orjson
 
 from . import tracesize
 from .errors import StateError
-from .jobs import QueueEvent
-from .runtime.api import LogLine
+from .tracebuffer import PendingTraces
 from .tracing import (
     AmbiguousPrefix,
     Span,
@@ -45,7 +43,6 @@ from .tracing import (
     TraceRecord,
     log_from_json,
     log_to_json,
-    queue_event_trace,
 )
 
 log = logging.getLogger(__name__)
@@ -159,7 +156,7 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-class TraceStore:
+class TraceStore(PendingTraces[_Pending]):
     """Traces of recent requests, file-backed, written off the event loop."""
 
     def __init__(
@@ -182,12 +179,7 @@ class TraceStore:
         self.max_age_s = max_age_s
         self.flush_interval = flush_interval
         self.batch_size = batch_size
-        self.enabled = enabled
-        self._max_pending = max_pending
-        self._clock = clock
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._writing = 0  # items taken from _pending and being written right now
-        self._dropped = 0
+        super().__init__(enabled=enabled, max_pending=max_pending, clock=clock)
         self._conn: sqlite3.Connection | None = None
         self._flushes = 0
 
@@ -198,49 +190,10 @@ class TraceStore:
         if self.enabled:
             self._push((_TRACE, _trace_row(trace)))
 
-    def record_queue_event(self, event: QueueEvent) -> None:
-        """Add what a dispatcher event tells (:func:`~fluxgw.tracing.queue_event_trace`) to
-        its request's trace. O(1), never blocks."""
-        if self.enabled:
-            state, spans, logs = queue_event_trace(event)
-            self.update_async_state(event.job.request_id, state, spans=spans, logs=logs)
-
-    def update_async_state(
-        self,
-        request_id: str,
-        state: str | None,
-        *,
-        spans: Sequence[Span] = (),
-        logs: Sequence[LogLine] = (),
-    ) -> None:
-        """Add a new async state and/or spans and log lines to a trace already recorded.
-        O(1), never blocks."""
-        if not self.enabled:
-            return
-        row = (
-            request_id,
-            self._clock(),
-            state,
-            [s.to_json() for s in spans],
-            [log_to_json(line) for line in logs],
-        )
-        self._push((_EVENT, row))
-
-    def _push(self, item: _Pending) -> None:
-        if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
-            self._dropped += 1
-        self._pending.append(item)
-
-    @property
-    def backlog(self) -> int:
-        """Traces and events recorded but not yet committed."""
-        return len(self._pending) + self._writing
-
-    @property
-    def dropped(self) -> int:
-        """Traces and events lost because the writer fell behind or the disk failed."""
-        return self._dropped
+    def _event_item(
+        self, request_id: str, at: float, state: str | None, spans: list[Any], logs: list[Any]
+    ) -> _Pending:
+        return (_EVENT, (request_id, at, state, spans, logs))
 
     # -- background writer ----------------------------------------------------------------
 

@@ -106,6 +106,8 @@ def worker_command(
         # No prompts, no update check, no network fetches of remote modules at run time.
         # --no-lock: never write a deno.lock into the function folder (flux dev watches it).
         v8 = [f"--v8-flags={heap[0]}"] if heap else []
-        return [executable, "run", "-A", "--quiet", "--no-prompt", "--no-remote", "--no-lock",
+        # Its permissions (--allow-read=... etc., never -A) come from the launcher, right
+        # after "run": fluxgw/runtime/sandbox.py deno_permissions.
+        return [executable, "run", "--quiet", "--no-prompt", "--no-remote", "--no-lock",
                 *v8, shim, str(entry)]  # fmt: skip
     raise ValueError(f"unknown runtime {runtime!r}")

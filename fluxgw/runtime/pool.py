@@ -46,7 +46,7 @@ logger = logging.getLogger("fluxgw.runtime")
 
 __all__ = ["Opened", "PoolManager", "Stream"]
 
-DEFAULT_CONCURRENCY = {"python": 256, "node": 256, "deno": 256}  # per worker; see docs
+DEFAULT_CONCURRENCY = {"python": 1000, "node": 1000, "deno": 1000}  # per worker; see docs
 QUEUE_WAIT = 0.5  # a call waits for capacity at most this fraction of its timeout
 DEFAULT_MAX_QUEUE = 1000  # calls waiting per function; more are refused at once
 CANCEL_GRACE = 1.0  # seconds a worker has to let go of a cancelled invocation
@@ -225,7 +225,7 @@ class PoolManager:
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._wakeup = anyio.Event()
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made when somebody waits for a change
 
     # -- deploy -----------------------------------------------------------------------------
 
@@ -509,11 +509,11 @@ class PoolManager:
                 else:
                     reason = "disconnect"
         finally:
-            with anyio.CancelScope(shield=True):
-                if call is not None and not call.finished:
+            if call is not None and not call.finished:
+                with anyio.CancelScope(shield=True):
                     await self._let_go(worker, call, reason)
-                pool.in_flight -= 1
-                self._release(pool, worker)
+            pool.in_flight -= 1
+            self._release(pool, worker)
 
     async def _let_go(self, worker: Worker, call: Call, reason: str) -> None:
         """Stop one invocation without disturbing its neighbours, unless the worker cannot."""
@@ -524,7 +524,7 @@ class PoolManager:
         else:
             await worker.cancel(call, reason)
             with anyio.move_on_after(CANCEL_GRACE):
-                await call.done.wait()
+                await call.wait_finished()
             if not call.finished:
                 # It ignored the cancel (a busy loop, a blocked event loop): kill it; its other
                 # invocations fail with 502 worker_lost.
@@ -536,7 +536,7 @@ class PoolManager:
                 )
                 worker.kill()
         with anyio.move_on_after(0.5):
-            await call.done.wait()
+            await call.wait_finished()
 
     def _memory_failure(self, worker: Worker, call: Call) -> FunctionFailed:
         limit = worker.spec.memory
@@ -674,15 +674,15 @@ class PoolManager:
         return [*self._pools.values(), *self._draining]
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        while True:
-            changed = self._changed
-            if predicate():
-                return
-            await changed.wait()
+        while not predicate():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
 
 def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float) -> dict[str, Any]:

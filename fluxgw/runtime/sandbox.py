@@ -49,6 +49,9 @@ ETC_FILES = (
 )
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")  # locale and time zone follow the gateway's
+# Set by process.py at spawn (the numbers of the worker's protocol pipes), read by the shim.
+PIPE_ENV = ("FLUX_REQUEST_FD", "FLUX_PROTOCOL_FD")
+DENO_TMP = "/tmp/flux-tmp"  # deno's HOME and TMPDIR in the sandbox, inside the private /tmp
 
 
 @attrs.frozen
@@ -108,13 +111,69 @@ def build_launch(
         env.update(DENO_DIR=deno_dir, DENO_NO_UPDATE_CHECK="1", DENO_NO_PROMPT="1")
     env.update(variables)
     argv = tuple(command)
+    deno_tmp = None
+    if spec.runtime == "deno":
+        if sandbox.enabled:
+            binds = [*read_only, str(spec.directory), *([deno_dir] if deno_dir else [])]
+            deno_tmp = sandboxed_deno_tmp(binds)
+        else:
+            deno_tmp = deno_tmp_dir(spec)
+        env["HOME"] = env["TMPDIR"] = deno_tmp
+        permissions = deno_permissions(spec.directory, deno_tmp, [*env, *PIPE_ENV])
+        assert argv[1] == "run", argv  # the flags go right after deno's subcommand
+        argv = (argv[0], argv[1], *permissions, *argv[2:])
     if sandbox.bwrap is not None:
-        argv = (*bwrap_args(spec, sandbox, read_only, deno_dir), *argv)
+        argv = (*bwrap_args(spec, sandbox, read_only, deno_dir, deno_tmp), *argv)
     return WorkerLaunch(argv=argv, env=tuple(env.items()), sandboxed=sandbox.enabled)
 
 
+def deno_permissions(folder: Path, tmp: str, env_names: Iterable[str]) -> list[str]:
+    """deno's own permission flags (never ``-A``): read its folder and its tmp, write its tmp,
+    read the variables it was given, reach the network. No ``--allow-run``, ``--allow-ffi``,
+    ``--allow-sys``: Deno.Command, FFI and system information are refused with NotCapable.
+
+    The protocol pipes are opened as ``/dev/fd/N`` (js_worker.mjs): deno lets a read/write
+    grant on ``/dev/fd`` open an inherited pipe, while a descriptor of a regular file there
+    would still need ``-A``.
+    """
+    reads = {str(folder), os.path.realpath(folder), tmp, "/dev/fd"}
+    return [
+        f"--allow-read={_deno_list(reads)}",
+        f"--allow-write={_deno_list({tmp, '/dev/fd'})}",
+        f"--allow-env={_deno_list(set(env_names))}",
+        "--allow-net",
+    ]
+
+
+def _deno_list(values: Iterable[str]) -> str:
+    # deno splits these lists on "," and reads ",," as a literal comma.
+    return ",".join(value.replace(",", ",,") for value in sorted(values))
+
+
+def sandboxed_deno_tmp(binds: Iterable[str]) -> str:
+    """deno's writable folder in the sandbox: a folder of the private /tmp that holds none of
+    the paths bound there (a project under /tmp puts its function folder, and deno's cache,
+    under /tmp: a grant of all /tmp would cover them)."""
+    candidate = DENO_TMP
+    while any(path == candidate or path.startswith(candidate + "/") for path in binds):
+        candidate += "_"
+    return candidate
+
+
+def deno_tmp_dir(spec: FunctionSpec) -> str:
+    """Without the sandbox, the one folder a deno function may write (its TMPDIR and HOME):
+    private to the function (0700), next to deno's shared cache."""
+    path = os.path.join(_deno_base(), "tmp", spec.name)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
 def bwrap_args(
-    spec: FunctionSpec, sandbox: Sandbox, read_only: Sequence[str], deno_dir: str | None
+    spec: FunctionSpec,
+    sandbox: Sandbox,
+    read_only: Sequence[str],
+    deno_dir: str | None,
+    deno_tmp: str | None = None,
 ) -> list[str]:
     assert sandbox.bwrap is not None
     args = [
@@ -132,6 +191,8 @@ def bwrap_args(
     for path in ETC_FILES:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
+    if deno_tmp:
+        args += ["--dir", deno_tmp]  # on the private tmpfs: deno may write only there
     # Binds after the tmpfs: a runtime or project under /tmp is laid on top of the empty one.
     for path in read_only:
         args += ["--ro-bind", path, path]
@@ -188,12 +249,16 @@ def outermost(paths: Iterable[str]) -> list[str]:
 def deno_cache_dir(spec: FunctionSpec, sandboxed: bool) -> str:
     """The writable DENO_DIR of a function: per function in the sandbox (a shared writable
     cache would let one function plant compiled code for another), shared otherwise."""
-    base = os.environ.get("DENO_DIR") or os.path.join(
-        tempfile.gettempdir(), f"fluxgw-deno-{os.getuid()}"
-    )
+    base = _deno_base()
     path = os.path.join(base, "functions", spec.name) if sandboxed else base
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def _deno_base() -> str:
+    return os.environ.get("DENO_DIR") or os.path.join(
+        tempfile.gettempdir(), f"fluxgw-deno-{os.getuid()}"
+    )
 
 
 def detect_sandbox(enabled: bool = True, bwrap: str | None = None) -> Sandbox:

@@ -19,7 +19,6 @@ slow or refuse a request.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -29,8 +28,7 @@ import anyio.abc
 import orjson
 from coredis import PureToken
 
-from ..jobs import QueueEvent
-from ..runtime.api import LogLine
+from ..tracebuffer import PendingTraces
 from ..tracing import (
     AmbiguousPrefix,
     Span,
@@ -38,8 +36,6 @@ from ..tracing import (
     TracePrefixTooShort,
     TraceRecord,
     log_from_json,
-    log_to_json,
-    queue_event_trace,
     trace_to_json,
 )
 from .config import StoreConfig
@@ -154,7 +150,7 @@ class RedisTraces:
         return record
 
 
-class RedisTraceStore:
+class RedisTraceStore(PendingTraces[tuple[str, Any]]):
     """The gateway's trace writer on Redis (the interface of ``TraceStore``)."""
 
     def __init__(
@@ -167,41 +163,17 @@ class RedisTraceStore:
         max_pending: int = MAX_PENDING,
     ) -> None:
         self._traces = traces  # None until the store is connected
-        self.enabled = enabled
         self.flush_interval = flush_interval
-        self._clock = clock
-        self._max_pending = max_pending
-        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
-        self._writing = 0
-        self._dropped = 0
+        super().__init__(enabled=enabled, max_pending=max_pending, clock=clock)
 
     def record(self, trace: TraceRecord) -> None:
         if self.enabled:
             self._push(("trace", trace_to_json(trace)))
 
-    def record_queue_event(self, event: QueueEvent) -> None:
-        """What an async job's event adds to its request's trace (as the files store)."""
-        if self.enabled:
-            state, spans, logs = queue_event_trace(event)
-            self.update_async_state(event.job.request_id, state, spans=spans, logs=logs)
-
-    def update_async_state(
-        self,
-        request_id: str,
-        state: str | None,
-        *,
-        spans: Sequence[Span] = (),
-        logs: Sequence[LogLine] = (),
-    ) -> None:
-        if not self.enabled:
-            return
-        event = {
-            "at": self._clock(),
-            "state": state,
-            "spans": [s.to_json() for s in spans],
-            "logs": [log_to_json(line) for line in logs],
-        }
-        self._push(("event", (request_id, event)))
+    def _event_item(
+        self, request_id: str, at: float, state: str | None, spans: list[Any], logs: list[Any]
+    ) -> tuple[str, Any]:
+        return ("event", (request_id, {"at": at, "state": state, "spans": spans, "logs": logs}))
 
     async def read(self, id_or_prefix: str) -> TraceRecord:
         """One trace, from any instance (the dashboard)."""
@@ -215,20 +187,6 @@ class RedisTraceStore:
         if traces is None:
             raise TraceNotFound("the shared store is not connected")
         return traces
-
-    def _push(self, item: tuple[str, Any]) -> None:
-        if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
-            self._dropped += 1
-        self._pending.append(item)
-
-    @property
-    def backlog(self) -> int:
-        return len(self._pending) + self._writing
-
-    @property
-    def dropped(self) -> int:
-        return self._dropped
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,6 +218,43 @@ def test_dashboard_in_a_browser(shop: Path, gateway: RunningGateway, browser) ->
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Requests")).to_be_visible()
     assert not problems, problems
+    context.close()
+
+
+def test_a_burst_too_fast_to_show_leaves_a_marker_in_the_tail(
+    gateway: RunningGateway, browser
+) -> None:
+    """More requests in a tick than a stream sends (docs/dashboard.md, "Cost to the
+    gateway"): the newest rows show, and a row says how many were skipped."""
+    from playwright.sync_api import expect
+
+    url = login_url(gateway)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(url)
+    page.goto(f"{origin_of(url)}/#/requests")
+    expect(page.locator(".live.on")).to_be_visible()
+    stop = threading.Event()
+
+    def call() -> None:  # 401s: the gateway's quickest answers, rows all the same
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            while not stop.is_set():
+                client.get("/echo")
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    try:
+        marker = page.locator("tr.gap").first
+        expect(marker).to_have_text(re.compile(r"^[\d,]+ rows skipped$"), timeout=30_000)
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=15)
+    skipped = int(re.sub(r"\D", "", marker.inner_text()))
+    assert skipped > 0
+    expect(page.locator(".live")).to_contain_text("too many to show")
+    assert page.locator("tbody tr:not(.gap)").count() > 0  # the newest rows are there
     context.close()
 
 

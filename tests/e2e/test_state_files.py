@@ -97,8 +97,10 @@ def test_invalid_ratelimit_state_is_reported_and_the_gateway_serves(live: Path) 
         ({"route": "/a/../x"}, "field 'functions[0].route'"),
         ({"runtime": "cobol"}, "field 'functions[0].runtime'"),
         ({"async": "yes"}, "field 'functions[0].async'"),
+        ({"memory": "lots"}, "field 'functions[0].memory'"),
+        ({"env": {"MODE": 1}}, "field 'functions[0].env.MODE'"),
     ],
-    ids=["nan-timeout", "negative-timeout", "dot-route", "runtime", "async"],
+    ids=["nan-timeout", "negative-timeout", "dot-route", "runtime", "async", "memory", "env"],
 )
 def test_invalid_deployment_keeps_the_last_good_one(
     live: Path, change: dict[str, object], words: str

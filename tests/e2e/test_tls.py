@@ -134,6 +134,23 @@ def test_http2_answers_exactly_as_http11(site: dict[str, Any], case: str) -> Non
         assert "x-request-id" in h2["headers"]["access-control-expose-headers"].lower()
 
 
+def test_an_http2_body_without_content_length_reaches_the_function(
+    site: dict[str, Any],
+) -> None:
+    """HTTP/2 frames a body by its stream's end; Content-Length is optional there."""
+
+    def parts() -> Iterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    for http2 in (True, False):  # HTTP/1.1 sends the same body chunked
+        with client(site, http2) as c:
+            r = c.post("/echo", headers=bearer(site["keys"]["main"]), content=parts())
+        assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert r.request.headers.get("content-length") is None
+        assert (r.status_code, r.json()) == (200, {"got": "hello world"})
+
+
 @pytest.mark.parametrize("size_mib", [8, 20])  # 20: past what the gateway reads of a refused body
 def test_a_large_body_to_a_refused_request_leaves_the_gateway_serving(
     site: dict[str, Any], size_mib: int

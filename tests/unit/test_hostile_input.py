@@ -62,9 +62,12 @@ def _function_folder() -> Path:
 
 
 FIELDS = ("name", "runtime", "route", "method", "async", "timeout", "entry")
+# The pool and environment fields, also read back from deployment.json.
+MORE_FIELDS = ("auth", "secrets", "env", "concurrency", "max_workers", "memory")
 field_values = st.one_of(
     json_values,
     st.sampled_from(["f", "python", "node", "/f", "/a/../b", "GET", "main.py", "../x"]),
+    st.sampled_from([0, 1, 64, 512, 10**6, ["A_KEY"], ["PATH"], {"A": "x"}, {"A": 1}, ["jwt"]]),
 )
 
 
@@ -80,7 +83,7 @@ def test_flux_json_bytes_raise_only_config_error(raw: bytes) -> None:
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=7))
+@given(st.dictionaries(st.sampled_from(FIELDS + MORE_FIELDS), field_values, max_size=13))
 def test_flux_json_fields_raise_only_config_error(config: dict[str, object]) -> None:
     folder = _function_folder()
     raw = json.dumps(config).encode()
@@ -115,7 +118,8 @@ def _read_all(state: StateDir) -> None:
 
 def _deployment_documents() -> st.SearchStrategy[bytes]:
     spec = st.fixed_dictionaries(
-        {f: field_values for f in FIELDS}, optional={"directory": field_values}
+        {f: field_values for f in FIELDS},
+        optional={"directory": field_values, **{f: field_values for f in MORE_FIELDS}},
     )
     document = st.fixed_dictionaries(
         {"version": json_values, "deployed_at": json_values, "functions": st.lists(spec)}

@@ -244,3 +244,16 @@ def test_from_json_refuses_corrupt_records(change, match):
 def test_from_json_refuses_non_object():
     with pytest.raises(ValueError, match="JSON object"):
         KeyRecord.from_json(["not", "a", "dict"])
+
+
+def test_a_repeat_caller_gets_the_same_answer_and_a_near_miss_is_still_refused(keys):
+    """The store remembers keys it already checked; that must change no answer."""
+    store, k = keys
+    for _ in range(3):
+        outcome = store.authenticate(f"Bearer {k['live']}")
+        assert (outcome.ok, outcome.record.name) == (True, "live")
+        assert store.authenticate(f"Bearer {k['revoked']}").code == "revoked_key"
+    near = k["live"][:-1] + ("A" if k["live"][-1] != "A" else "B")
+    assert store.authenticate(f"Bearer {near}").code == "malformed_key"
+    stranger = generate_key(PROJECT)
+    assert store.authenticate(f"Bearer {stranger}").code == "unknown_key"

@@ -128,12 +128,14 @@ def test_launch_without_sandbox_passes_only_declared_names(tmp_path: Path) -> No
 def test_launch_in_bwrap_binds_only_runtime_and_own_folder(tmp_path: Path) -> None:
     sandbox = Sandbox("/usr/bin/bwrap", "bubblewrap 0.8.0", (("symlink", "usr/lib", "/lib"),))
     launch = build_launch(
-        spec(tmp_path, "deno"), ["/opt/deno", "run", "-A", "shim.mjs"], sandbox=sandbox,
+        spec(tmp_path, "deno"), ["/opt/deno", "run", "shim.mjs"], sandbox=sandbox,
         read_only=["/opt/deno-dir"], variables={"K": "v"}, host_env={"HOME": "/root"},
         deno_dir="/tmp/cache/fn",
     )  # fmt: skip
     argv = list(launch.argv)
-    assert argv[0] == "/usr/bin/bwrap" and argv[-4:] == ["/opt/deno", "run", "-A", "shim.mjs"]
+    deno = argv[argv.index("/opt/deno") :]
+    assert argv[0] == "/usr/bin/bwrap" and deno[:2] == ["/opt/deno", "run"]
+    assert deno[-1] == "shim.mjs" and "-A" not in deno  # its permissions: test_sandbox_launch
     for flag in ("--unshare-pid", "--die-with-parent"):
         assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL" and "--unshare-net" not in argv
@@ -143,7 +145,8 @@ def test_launch_in_bwrap_binds_only_runtime_and_own_folder(tmp_path: Path) -> No
     assert writable == ["/tmp/cache/fn"]  # its own deno cache; /tmp is a private tmpfs
     assert argv.index("--tmpfs") < argv.index(str(tmp_path))  # folder laid over the tmpfs
     env = launch.env_dict
-    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp" and env["K"] == "v"
+    # deno's home is a folder of the private /tmp (test_sandbox_launch.py)
+    assert env["HOME"] == env["TMPDIR"] == "/tmp/flux-tmp" and env["K"] == "v"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")

@@ -103,6 +103,15 @@ async function requests(main) {
     h("td", { class: "num", text: ms(r.duration_ms) }),
     h("td", { text: r.function || "–" }),
     h("td", { text: r.key || "–" }));
+  const gap = (count) => {
+    const top = tbody.firstElementChild;
+    const total = count + (top && top.classList.contains("gap") ? Number(top.dataset.count) : 0);
+    if (total !== count) top.remove();
+    const marker = h("tr", { class: "gap" }, h("td", { colspan: "8", text: `${total.toLocaleString()} rows skipped` }));
+    marker.dataset.count = String(total);
+    tbody.prepend(marker);
+    while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
+  };
   const add = (rows) => {
     tbody.prepend(...rows.slice().reverse().map(rowFor));
     while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
@@ -118,9 +127,11 @@ async function requests(main) {
     const query = new URLSearchParams(Object.entries(f).filter(([, v]) => v)).toString();
     source = events(query, {
       request: (rows) => add(rows),
+      // Sent just before the rows it is older than: a marker row where the gap is.
       skipped: ({ count }) => {
         notShown += count;
         live.textContent = `● live (${notShown.toLocaleString()} too many to show)`;
+        gap(count);
       },
     });
     source.onopen = () => { live.textContent = "● live"; live.classList.add("on"); };

@@ -11,7 +11,8 @@
 // A Response whose body is still being produced streams as start/chunk/end frames under the
 // gateway's flow-control window (a slow client slows the stream, never the other invocations).
 //
-// Usage: node js_worker.mjs ENTRY   |   deno run -A js_worker.mjs ENTRY
+// Usage: node js_worker.mjs ENTRY   |   deno run --allow-read=... js_worker.mjs ENTRY
+// (deno's permissions, never -A: fluxgw/runtime/sandbox.py deno_permissions)
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import { pathToFileURL } from "node:url";
