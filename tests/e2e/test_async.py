@@ -62,6 +62,7 @@ def trace_json(project: Path, request_id: str) -> dict:
     return json.loads(flux(project, "trace", request_id, "--json").stdout)
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(60)
 @SERVER_LOOPS
 def test_queued_running_succeeded(deployed: Path, loop: str) -> None:

@@ -71,6 +71,7 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>flux sse</title>
 </script>"""
 
 
+@pytest.mark.timing
 def test_browser_reads_server_sent_events_as_they_are_produced(
     project: Path, tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ async def fire(url: str, key: str, paths: list[str], timeout: float = 30) -> lis
     return [answer for answer in answers if answer is not None]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_100_concurrent_calls_to_a_1s_async_function_all_succeed_within_3s(
     project: Path, runtime: str

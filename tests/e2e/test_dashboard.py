@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import PageServer, RunningGateway, bearer, flux, serve, write_function
+from redisserver import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -91,6 +91,7 @@ def poll_until(predicate, timeout: float, interval: float = 0.02):
         time.sleep(interval)
 
 
+@pytest.mark.timing
 def test_dashboard_in_a_browser(shop: Path, gateway: RunningGateway, browser) -> None:
     from playwright.sync_api import expect
 
@@ -389,12 +390,9 @@ def test_login_links_work_once_and_expire(shop: Path, gateway: RunningGateway) -
 
 
 def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
-    # A port of its own, not the default 4001 that every other gateway on the machine tries
-    # first: between the two starts one of them could take it.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    with serve(shop, "--dashboard-port", port) as gw:
+    # A free port rather than the default 4001: the restart below reuses this port, and a
+    # gateway of another test running in parallel could take 4001 in between.
+    with serve(shop, "--dashboard-port", str(free_port())) as gw:
         url = login_url(gw)
         client = httpx.Client(timeout=5)
         assert client.get(url).status_code == 303
@@ -403,8 +401,7 @@ def test_sessions_end_when_the_gateway_restarts(shop: Path) -> None:
     assert not (shop / ".flux" / "dashboard.json").exists()
     error = flux(shop, "dashboard", check=False)
     assert error.returncode == 1 and "no gateway is running" in error.stderr
-    assert base.rsplit(":", 1)[1] == port
-    with serve(shop, "--dashboard-port", port) as gw:
+    with serve(shop, "--dashboard-port", base.rsplit(":", 1)[1]) as gw:
         assert origin_of(login_url(gw)) == base
         assert client.get(f"{base}/api/session").status_code == 401
     client.close()
@@ -429,6 +426,7 @@ def test_no_dashboard(shop: Path) -> None:
         assert "--no-dashboard" in error.stderr and "Traceback" not in error.stderr
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("loop", ["trio", "asyncio"])
 def test_live_tail_on_either_event_loop(shop: Path, loop: str) -> None:
     key = flux(shop, "api-keys", "create", "--name", "k").stdout.strip()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import flux, poll_until, serve, write_function
 
 V1 = "def handler(request, ctx):\n    return {'version': 1}\n"
@@ -25,6 +26,7 @@ def wait_for(client: httpx.Client, key: str, expected: object, limit: float) -> 
         time.sleep(0.01)
 
 
+@pytest.mark.timing
 def test_saved_change_is_served_quickly_and_bad_change_keeps_last_good(project: Path) -> None:
     folder = write_function(project, "v", V1, route="/v", method="GET")
     key = flux(project, "api-keys", "create", "--name", "dev").stdout.strip()

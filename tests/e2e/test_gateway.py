@@ -178,6 +178,7 @@ def test_limits_survive_a_restart(deployed: Path) -> None:
         assert admitted <= time.monotonic() - drained_at + 1
 
 
+@pytest.mark.timing
 def test_revocation_applies_within_one_second(deployed: Path) -> None:
     key = key_for(deployed)
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
@@ -190,6 +191,7 @@ def test_revocation_applies_within_one_second(deployed: Path) -> None:
         assert_error(client.get("/slow?s=0", headers=bearer(key)), 401, "revoked_key")
 
 
+@pytest.mark.timing
 def test_project_update_applies_within_one_second(deployed: Path) -> None:
     key = key_for(deployed)
     with serve(deployed) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
@@ -204,6 +206,7 @@ def test_project_update_applies_within_one_second(deployed: Path) -> None:
             time.sleep(0.02)
 
 
+@pytest.mark.timing
 async def test_deploy_is_picked_up_within_one_second_with_requests_in_flight(
     deployed: Path,
 ) -> None:
@@ -290,6 +293,7 @@ def test_a_second_gateway_on_the_same_project_is_refused(deployed: Path) -> None
         pass
 
 
+@pytest.mark.timing
 @SERVER_LOOPS
 def test_a_stalled_body_gets_408_within_the_function_timeout(project: Path, loop: str) -> None:
     import socket

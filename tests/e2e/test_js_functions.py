@@ -193,6 +193,7 @@ def test_thrown_error_is_502_json_and_the_worker_stays(js: Served) -> None:
     assert js.call("worker").json()["worker"] == before  # a handler error is no crash
 
 
+@pytest.mark.timing
 def test_hang_past_timeout_is_504_within_two_seconds(js: Served) -> None:
     started = time.monotonic()
     response = js.client.post("/hang", headers=js.auth)

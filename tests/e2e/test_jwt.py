@@ -129,6 +129,7 @@ def test_refused_tokens_answer_rfc_6750_with_cors(tokens_project: Path) -> None:
             assert "ratelimit" not in answer.headers  # a refused token counts against no one
 
 
+@pytest.mark.timing
 @SERVER_LOOPS
 def test_key_sets_from_a_url_and_settings_reach_a_running_gateway(project: Path, loop: str) -> None:
     write_function(project, "users", WHO, route="/users", method="GET", auth="jwt")
@@ -260,6 +261,7 @@ def test_project_update_refusals(tokens_project: Path, tmp_path: Path) -> None:
     assert not (StateDir(tokens_project).root / "jwt.json").exists()  # nothing was written
 
 
+@pytest.mark.timing
 def test_key_set_file(tokens_project: Path, tmp_path: Path) -> None:
     key = EcKey("file-key")
     jwks = tmp_path / "jwks.json"

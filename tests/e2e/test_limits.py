@@ -156,6 +156,7 @@ async def latency(client: httpx.AsyncClient, auth: dict[str, str], n: int = 20) 
     return statistics.median(times)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_a_function_printing_200_mb_keeps_the_gateway_small_and_fast(
     project: Path, runtime: str

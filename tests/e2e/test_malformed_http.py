@@ -19,7 +19,9 @@ import pytest
 
 from tests.conftest import LOOPS, flux, serve, write_function
 
-pytestmark = pytest.mark.e2e
+# One worker runs the module under pytest-xdist (scripts/test), so its two module-scoped
+# gateways start once, not once per worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("malformed_http")]
 
 H = "Host: t\r\n"
 CASES: dict[str, bytes] = {

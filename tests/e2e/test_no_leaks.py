@@ -187,6 +187,7 @@ def plan_requests(runtimes: list[str], count: int, seed: int) -> list[str]:
     return [rng.choice(weighted) for _ in range(count)]
 
 
+@pytest.mark.timing
 async def test_no_process_survives_200_requests_a_redeploy_and_sigterm(project: Path) -> None:
     runtimes = ["python", *(rt for rt in ("node", "deno") if find_runtime(rt) is not None)]
     for name, (runtime, code, extra) in FUNCTIONS.items():

@@ -38,6 +38,7 @@ def instances(project: Path, n: int, *args: str) -> Iterator[list[RunningGateway
         yield [stack.enter_context(serve(project, *args)) for _ in range(n)]
 
 
+@pytest.mark.timing
 async def test_three_instances_share_one_exact_limit_revocation_and_traces(shared: Path) -> None:
     key = key_for(shared)
     with instances(shared, 3) as gateways:
@@ -91,6 +92,7 @@ async def test_three_instances_share_one_exact_limit_revocation_and_traces(share
             time.sleep(0.02)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("fallback", ["local", "closed"])
 def test_redis_outage_never_gives_a_500_and_recovers(
     shared: Path, redis: RedisServer, fallback: str
@@ -211,6 +213,7 @@ def handler(request, ctx):
 """
 
 
+@pytest.mark.timing
 def test_token_settings_reach_every_instance_through_redis(shared: Path) -> None:
     write_function(shared, "users", USERS, route="/users", method="GET", auth="jwt")
     flux(shared, "deploy")

@@ -100,6 +100,7 @@ def function_span(trace: TraceRecord) -> dict:
     return next(span for span in trace.spans if span.name == "function").attributes
 
 
+@pytest.mark.timing
 @SERVER_LOOPS
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_chunks_reach_the_client_as_they_are_produced(
@@ -135,6 +136,7 @@ async def test_chunks_reach_the_client_as_they_are_produced(
     assert span["chunks"] >= 5 and span["bytes"] > 0 and span["first_byte_ms"] > 0
 
 
+@pytest.mark.timing
 @SERVER_LOOPS
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 async def test_a_client_that_leaves_stops_the_function_within_a_second(

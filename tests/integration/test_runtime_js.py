@@ -122,6 +122,7 @@ async def test_throw_is_502_and_worker_survives(
     assert int(ok.body) == failed.value.worker_pid
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_hang_is_504(pool: PoolManager, tmp_path: Path, runtime: str) -> None:
     spec = make_function(tmp_path, runtime, HANDLER, timeout=1)

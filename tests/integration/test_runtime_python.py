@@ -288,6 +288,7 @@ async def test_crash_is_502_then_a_fresh_worker_serves(
     assert after.status == 200 and after.cold_start and after.worker_pid != first.worker_pid
 
 
+@pytest.mark.timing
 async def test_timeout_is_504_and_kills_the_process_group(
     pool: PoolManager, tmp_path: Path
 ) -> None:
@@ -318,6 +319,7 @@ async def test_timeout_is_504_and_kills_the_process_group(
     assert (await pool.invoke(ok, call(ok))).status == 200
 
 
+@pytest.mark.timing
 async def test_concurrent_calls_use_distinct_workers(make_pool: Callable, tmp_path: Path) -> None:
     pool = await make_pool(max_workers=4)
     spec = make_function(
@@ -341,6 +343,7 @@ async def test_concurrent_calls_use_distinct_workers(make_pool: Callable, tmp_pa
     assert pool.stats()["nap"] == {"busy": 0, "idle": 4, "in_flight": 0, "waiting": 0}
 
 
+@pytest.mark.timing
 async def test_a_call_that_finds_no_capacity_in_time_is_503_overloaded(
     make_pool: Callable, tmp_path: Path
 ) -> None:

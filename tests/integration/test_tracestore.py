@@ -45,6 +45,7 @@ def make_trace(request_id: str | None = None, started_at: float | None = None, *
     return TraceRecord(**fields)
 
 
+@pytest.mark.timing
 async def test_recorded_trace_is_readable_within_a_second(tmp_path, tasks):
     store = TraceStore(tmp_path / "traces.db")
     await tasks.start(store.run)
