@@ -23,7 +23,6 @@ import logging
 import os
 import resource
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from ..project import FunctionSpec
 from ..tls import function_env
 from . import protocol
 from .api import FunctionFailed, LogLine
+from .child import ChildProcess
 from .output import MAX_LINES, LineSplitter, LogBuffer
 
 logger = logging.getLogger("fluxgw.runtime")
@@ -285,7 +285,7 @@ class Worker:
     def __init__(
         self,
         spec: FunctionSpec,
-        process: anyio.abc.Process,
+        process: ChildProcess,
         answers: PipeStream,
         requests: PipeStream,
         memory_limit: int | None = None,
@@ -336,13 +336,12 @@ class Worker:
         env["FLUX_REQUEST_FD"] = str(request_read)
         output_read, output_write = os.pipe()
         try:
-            process = await anyio.open_process(
+            # From this (the loop's) thread, not anyio.open_process: see child.py.
+            process = ChildProcess.start(
                 command,
-                stdin=subprocess.DEVNULL,
                 stdout=output_write,
                 stderr=output_write,
                 pass_fds=(write_fd, request_read),
-                start_new_session=True,  # its own process group: killpg reaches grandchildren
                 cwd=str(spec.directory),
                 env=env,
             )
