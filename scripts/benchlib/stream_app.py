@@ -11,18 +11,15 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from fluxgw.httpio import answer_lifespan
+
 CHUNK = b"x" * 65536
 
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)  # as the gateway does
+        return
     if scope["type"] != "http":
         return
     query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))

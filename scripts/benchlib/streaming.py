@@ -87,7 +87,9 @@ def measure(work: Path, runtimes: list[str], quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"mb": mb, "gateway": {}}
     port = servers.free_port()
     app = Path(__file__).resolve().parent / "stream_app.py"
-    bare = servers.Server("stream-bare", [sys.executable, str(app), str(port)], "ready", logs)
+    # -P: the script's folder (benchlib, with its own jwt.py) must not shadow real packages
+    argv = [sys.executable, "-P", str(app), str(port)]
+    bare = servers.Server("stream-bare", argv, "ready", logs)
     with bare.start():
         _read(f"http://127.0.0.1:{port}/?mb=1", None, None)
         out["bare"] = _read(f"http://127.0.0.1:{port}/?mb={mb}", None, None)
