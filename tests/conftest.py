@@ -24,6 +24,9 @@ import pytest
 from redisserver import RedisServer, redis_server
 
 from fluxgw.runtime.discovery import find_runtime
+from fluxgw.state import StateDir
+from fluxgw.tracestore import TraceStore
+from fluxgw.tracing import TraceNotFound, TraceRecord
 
 # node and deno, for parametrize: skipped where a runtime is missing on a laptop, but never in
 # CI (CI=true), where scripts/setup installs both and a skip would hide a broken install.
@@ -148,6 +151,16 @@ class RunningGateway:
             return self.process.wait(timeout=timeout)
         finally:
             kill_group(self.process)
+
+
+async def trace_of(project: Path, request_id: str) -> TraceRecord:
+    """The stored trace of ``request_id``, once the gateway's trace writer has written it."""
+    store = TraceStore(StateDir(project).traces_db)
+    with anyio.fail_after(10):
+        while True:
+            with contextlib.suppress(TraceNotFound):
+                return store.get(request_id)
+            await anyio.sleep(0.1)
 
 
 def kill_group(process: subprocess.Popen[str]) -> None:

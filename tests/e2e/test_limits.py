@@ -3,7 +3,6 @@ through the real `flux serve`."""
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -12,11 +11,11 @@ import anyio
 import httpx
 import psutil
 import pytest
-from conftest import JS_RUNTIMES, flux, serve, write_function
+from conftest import JS_RUNTIMES, flux, serve, trace_of, write_function
 
 from fluxgw.state import StateDir
 from fluxgw.tracestore import TraceStore
-from fluxgw.tracing import TraceNotFound, TraceRecord
+from fluxgw.tracing import TraceNotFound
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -135,15 +134,6 @@ export default async function () {
 }
 """,
 }
-
-
-async def trace_of(project: Path, request_id: str) -> TraceRecord:
-    store = TraceStore(StateDir(project).traces_db)
-    with anyio.fail_after(10):
-        while True:
-            with contextlib.suppress(TraceNotFound):
-                return store.get(request_id)
-            await anyio.sleep(0.1)
 
 
 async def latency(client: httpx.AsyncClient, auth: dict[str, str], n: int = 20) -> float:

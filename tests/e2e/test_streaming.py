@@ -4,18 +4,14 @@ stream, and the trace says how it ended."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
-from conftest import JS_RUNTIMES, SERVER_LOOPS, flux, serve, write_function
+from conftest import JS_RUNTIMES, SERVER_LOOPS, flux, serve, trace_of, write_function
 
-from fluxgw.state import StateDir
-from fluxgw.tracestore import TraceStore
-from fluxgw.tracing import TraceNotFound, TraceRecord
+from fluxgw.tracing import TraceRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -85,15 +81,6 @@ def deploy(project: Path) -> str:
     flux(project, "deploy")
     flux(project, "project", "update", "--plan", "team", "--cors-origin", "http://app.test")
     return flux(project, "api-keys", "create", "--name", "k").stdout.strip()
-
-
-async def trace_of(project: Path, request_id: str) -> TraceRecord:
-    store = TraceStore(StateDir(project).traces_db)
-    with anyio.fail_after(10):
-        while True:
-            with contextlib.suppress(TraceNotFound):
-                return store.get(request_id)
-            await anyio.sleep(0.1)
 
 
 def function_span(trace: TraceRecord) -> dict:
