@@ -17,7 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PageServer, RunningGateway, bearer, flux, serve, write_function
+from conftest import (
+    PageServer,
+    RunningGateway,
+    bearer,
+    flux,
+    poll_until,
+    serve,
+    write_function,
+)
 from redisserver import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -78,17 +86,6 @@ def browser() -> Iterator[object]:
             yield chromium
         finally:
             chromium.close()
-
-
-def poll_until(predicate, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.mark.timing

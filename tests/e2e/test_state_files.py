@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import bearer, flux, key_for, serve, write_function
+from tests.conftest import bearer, flux, key_for, poll_until, serve, write_function
 
 pytestmark = pytest.mark.e2e
 
 HANDLER = "def handler(request, ctx):\n    return 'ok'\n"
-
-
-def poll_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def lines_with(output: list[str], *words: str) -> list[str]:
@@ -112,7 +103,7 @@ def test_invalid_deployment_keeps_the_last_good_one(
         data = json.loads(deployment_file.read_text())
         data["functions"][0].update(change)
         deployment_file.write_text(json.dumps(data))  # NaN is written as NaN
-        poll_until(lambda: lines_with(gw.output, "deployment.json", words))
+        poll_until(lambda: lines_with(gw.output, "deployment.json", words), timeout=10)
         answer = httpx.get(f"{gw.url}/x", headers=bearer(key))
         assert (answer.status_code, answer.text) == (200, '"ok"')
 
@@ -123,7 +114,7 @@ def test_corrupt_file_is_logged_once_then_valid_again(live: Path) -> None:
     good = keys_file.read_text()
     with serve(live) as gw:
         keys_file.write_text('{"version": 1, "keys": [{"name": 7}]}')
-        poll_until(lambda: lines_with(gw.output, "keys.json"))
+        poll_until(lambda: lines_with(gw.output, "keys.json"), timeout=10)
         # The gateway checks every 0.2 s: over 10 checks the same content is not logged again.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
@@ -131,8 +122,8 @@ def test_corrupt_file_is_logged_once_then_valid_again(live: Path) -> None:
             time.sleep(0.1)
         assert httpx.get(f"{gw.url}/x", headers=bearer(key)).json() == "ok"  # last good keys
         keys_file.write_text("{broken")  # a different problem: reported once more
-        poll_until(lambda: len(lines_with(gw.output, "keys.json")) == 2)
+        poll_until(lambda: len(lines_with(gw.output, "keys.json")) == 2, timeout=10)
         keys_file.write_text(good)
-        poll_until(lambda: lines_with(gw.output, "keys.json is valid again"))
+        poll_until(lambda: lines_with(gw.output, "keys.json is valid again"), timeout=10)
         assert len(lines_with(gw.output, "keys.json")) == 3
         assert not lines_with(gw.output, "Traceback")
