@@ -90,13 +90,25 @@ def _unpack(count: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(count))
 
 
-# Each batch is one JSON array of rows; spans and logs stay JSON (json_extract of an array
-# yields its JSON text).
-_INSERT_TRACES = (
-    "INSERT OR REPLACE INTO traces (request_id, started_at, method, path, status, duration_ms, "
-    "function, key_name, client_request_id, traceparent_in, trace_id, async_state, spans, logs) "
-    f"SELECT {_unpack(14)} FROM json_each(?)"
+# Trace rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to
+# TRACE_CHUNK rows, their values bound in C. The earlier form (one JSON document per batch,
+# unpacked with json_each and 14 json_extract per row) had SQLite parse every row's JSON 14
+# times: 29 us of the writer thread's CPU per row against 6-8 here, and on a 2-core machine that
+# thread's CPU comes out of the gateway's throughput (BENCHMARKS.md, "Both event loops").
+TRACE_COLUMNS = (
+    "request_id, started_at, method, path, status, duration_ms, function, key_name, "
+    "client_request_id, traceparent_in, trace_id, async_state, spans, logs"
 )
+TRACE_CHUNK = 64  # rows per statement: 896 bound values, under SQLite's oldest limit (999)
+
+
+@functools.cache
+def _insert_traces(rows: int) -> str:
+    values = ", ".join(["(" + ", ".join("?" * 14) + ")"] * rows)
+    return f"INSERT OR REPLACE INTO traces ({TRACE_COLUMNS}) VALUES {values}"
+
+
+# Events are rare (async jobs): one JSON document per batch, unpacked by json_each.
 _INSERT_EVENTS = (
     "INSERT INTO trace_events (request_id, at, async_state, spans, logs) "
     f"SELECT {_unpack(5)} FROM json_each(?)"
@@ -247,11 +259,12 @@ class TraceStore(PendingTraces[_Pending]):
             batch = [self._pending.popleft() for _ in range(count)]
             self._writing = count
             try:
-                # The batch becomes two JSON documents here (orjson: one C call each), and
-                # SQLite unpacks them with json_each inside a single statement. The thread
-                # then holds the GIL only to start two statements: per-row work in a thread
-                # makes it fight the event loop for the GIL, which measured -10% req/s.
-                traces = _dumps([row for kind, row in batch if kind is _TRACE])
+                # Trace rows become one flat list of values (spans and logs as JSON text);
+                # events one JSON document that SQLite unpacks with json_each. Either way the
+                # thread holds the GIL only while a statement binds its values in C, never
+                # for Python work per row: that made it fight the event loop for the GIL
+                # (-10% req/s).
+                traces = _trace_values(row for kind, row in batch if kind is _TRACE)
                 events = _dumps([row for kind, row in batch if kind is _EVENT])
                 # Not abandoned on cancel: a batch taken from the buffer is always finished.
                 await anyio.to_thread.run_sync(self._write, traces, events)
@@ -269,12 +282,15 @@ class TraceStore(PendingTraces[_Pending]):
             finally:
                 self._writing = 0
 
-    def _write(self, traces: str, events: str) -> None:
+    def _write(self, traces: list[Any], events: str) -> None:
         conn = self._conn
         assert conn is not None
         with conn:  # one transaction; rolled back if any row fails
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no BUSY on upgrade
-            conn.execute(_INSERT_TRACES, (traces,))
+            step = TRACE_CHUNK * 14
+            for first in range(0, len(traces), step):
+                chunk = traces[first : first + step]
+                conn.execute(_insert_traces(len(chunk) // 14), chunk)
             conn.execute(_INSERT_EVENTS, (events,))
 
     def apply_retention(self, now: float) -> None:
@@ -394,6 +410,16 @@ def _trace_row(trace: TraceRecord) -> tuple[Any, ...]:
         [s.to_json() for s in trace.spans],
         [log_to_json(line) for line in trace.logs],
     )
+
+
+def _trace_values(rows: Iterator[tuple[Any, ...]]) -> list[Any]:
+    """The rows' values in one flat list, in TRACE_COLUMNS order, spans and logs as JSON."""
+    values: list[Any] = []
+    for row in rows:
+        values.extend(row[:12])
+        values.append(_dumps(row[12]))
+        values.append(_dumps(row[13]))
+    return values
 
 
 def _trace_from_row(row: Sequence[Any]) -> TraceRecord:

@@ -174,6 +174,30 @@ async def test_cancellation_flushes_what_is_pending(tmp_path):
     assert store.get(traces[-1].request_id) == traces[-1]
 
 
+async def test_every_trace_of_a_large_batch_reads_back_as_recorded(tmp_path):
+    """One flush of 1,000 traces (several statements of many rows each, and a remainder):
+    each trace, its empty and filled optional fields, spans and logs, comes back unchanged."""
+    store = TraceStore(tmp_path / "traces.db", flush_interval=60.0, batch_size=1000)
+    traces = [
+        make_trace(
+            started_at=1000.0 + i,
+            status=200 + i % 300,
+            client_request_id=f"client-{i}" if i % 3 else None,
+            async_state="queued" if i % 7 == 0 else None,
+            logs=[LogLine(1000.0 + i, "stderr", f"línea {i} ✓")] if i % 2 else [],
+        )
+        for i in range(1000)
+    ]
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(store.run)
+        for t in traces:
+            store.record(t)
+        await store.flush()
+        tasks.cancel_scope.cancel()
+    assert store.dropped == 0
+    assert [store.get(t.request_id) for t in traces] == traces
+
+
 async def test_database_is_private(tmp_path, tasks):
     store = TraceStore(tmp_path / "state" / "traces.db")
     await tasks.start(store.run)
