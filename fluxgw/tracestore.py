@@ -99,12 +99,13 @@ TRACE_COLUMNS = (
     "request_id, started_at, method, path, status, duration_ms, function, key_name, "
     "client_request_id, traceparent_in, trace_id, async_state, spans, logs"
 )
+TRACE_FIELDS = TRACE_COLUMNS.count(",") + 1  # 14 values a row
 TRACE_CHUNK = 64  # rows per statement: 896 bound values, under SQLite's oldest limit (999)
 
 
 @functools.cache
 def _insert_traces(rows: int) -> str:
-    values = ", ".join(["(" + ", ".join("?" * 14) + ")"] * rows)
+    values = ", ".join(["(" + ", ".join("?" * TRACE_FIELDS) + ")"] * rows)
     return f"INSERT OR REPLACE INTO traces ({TRACE_COLUMNS}) VALUES {values}"
 
 
@@ -287,10 +288,10 @@ class TraceStore(PendingTraces[_Pending]):
         assert conn is not None
         with conn:  # one transaction; rolled back if any row fails
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no BUSY on upgrade
-            step = TRACE_CHUNK * 14
+            step = TRACE_CHUNK * TRACE_FIELDS
             for first in range(0, len(traces), step):
                 chunk = traces[first : first + step]
-                conn.execute(_insert_traces(len(chunk) // 14), chunk)
+                conn.execute(_insert_traces(len(chunk) // TRACE_FIELDS), chunk)
             conn.execute(_INSERT_EVENTS, (events,))
 
     def apply_retention(self, now: float) -> None:
