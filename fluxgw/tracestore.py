@@ -91,7 +91,7 @@ def _unpack(count: int) -> str:
 
 
 # Trace rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to
-# TRACE_CHUNK rows, their values bound in C. The earlier form (one JSON document per batch,
+# 64 rows, their values bound in C. The earlier form (one JSON document per batch,
 # unpacked with json_each and 14 json_extract per row) had SQLite parse every row's JSON 14
 # times: 29 us of the writer thread's CPU per row against 6-8 here, and on a 2-core machine that
 # thread's CPU comes out of the gateway's throughput (BENCHMARKS.md, "Both event loops").
@@ -100,7 +100,12 @@ TRACE_COLUMNS = (
     "client_request_id, traceparent_in, trace_id, async_state, spans, logs"
 )
 TRACE_FIELDS = TRACE_COLUMNS.count(",") + 1  # 14 values a row
-TRACE_CHUNK = 64  # rows per statement: 896 bound values, under SQLite's oldest limit (999)
+# Rows per statement. A batch is cut into these sizes only, so at most four INSERT statements
+# are ever compiled: every distinct SQL text is a prepared statement that sqlite3 caches (up
+# to 128 per connection), and one for each remainder 1..63 held several MiB more, which
+# showed in a 20-minute soak as steps in the gateway's RSS. 64 rows are 896 bound values,
+# under SQLite's oldest limit (999).
+TRACE_CHUNKS = (64, 16, 4, 1)
 
 
 @functools.cache
@@ -288,10 +293,12 @@ class TraceStore(PendingTraces[_Pending]):
         assert conn is not None
         with conn:  # one transaction; rolled back if any row fails
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no BUSY on upgrade
-            step = TRACE_CHUNK * TRACE_FIELDS
-            for first in range(0, len(traces), step):
-                chunk = traces[first : first + step]
-                conn.execute(_insert_traces(len(chunk) // TRACE_FIELDS), chunk)
+            first, end = 0, len(traces)
+            for rows in TRACE_CHUNKS:
+                step = rows * TRACE_FIELDS
+                while end - first >= step:
+                    conn.execute(_insert_traces(rows), traces[first : first + step])
+                    first += step
             conn.execute(_INSERT_EVENTS, (events,))
 
     def apply_retention(self, now: float) -> None:

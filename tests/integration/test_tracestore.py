@@ -175,9 +175,10 @@ async def test_cancellation_flushes_what_is_pending(tmp_path):
 
 
 async def test_every_trace_of_a_large_batch_reads_back_as_recorded(tmp_path):
-    """One flush of 1,000 traces (several statements of many rows each, and a remainder):
-    each trace, its empty and filled optional fields, spans and logs, comes back unchanged."""
-    store = TraceStore(tmp_path / "traces.db", flush_interval=60.0, batch_size=1000)
+    """One flush of 1,001 traces (statements of every size the writer uses: 15 x 64 rows,
+    2 x 16, 2 x 4, 1): each trace, its empty and filled optional fields, spans and logs,
+    comes back unchanged."""
+    store = TraceStore(tmp_path / "traces.db", flush_interval=60.0, batch_size=1001)
     traces = [
         make_trace(
             started_at=1000.0 + i,
@@ -186,7 +187,7 @@ async def test_every_trace_of_a_large_batch_reads_back_as_recorded(tmp_path):
             async_state="queued" if i % 7 == 0 else None,
             logs=[LogLine(1000.0 + i, "stderr", f"línea {i} ✓")] if i % 2 else [],
         )
-        for i in range(1000)
+        for i in range(1001)
     ]
     async with anyio.create_task_group() as tasks:
         await tasks.start(store.run)
