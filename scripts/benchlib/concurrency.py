@@ -10,7 +10,6 @@ bare hypercorn app measured in the same run. The client is h2load, one connectio
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import subprocess
 import threading
@@ -55,15 +54,8 @@ def _project(root: Path, runtimes: list[str]) -> tuple[Path, str]:
     for runtime in runtimes:
         for kind, table in (("wait", WAIT), ("fast", FAST)):
             entry, code = table[runtime]
-            name = f"{kind}_{runtime}"
-            folder = root / "functions" / name
-            folder.mkdir(parents=True, exist_ok=True)
-            spec = {"name": name, "runtime": runtime, "method": "GET", "timeout": 10}
-            (folder / "flux.json").write_text(json.dumps(spec))
-            (folder / entry).write_text(code)
-    servers.flux(root, "deploy")
-    servers.flux(root, "project", "update", "--plan", "team")
-    return root, servers.flux(root, "api-keys", "create", "--name", "bench").strip()
+            servers.write_function(root, f"{kind}_{runtime}", runtime, entry, code, timeout=10)
+    return root, servers.deploy_on_team_plan(root)
 
 
 class _RssSampler:

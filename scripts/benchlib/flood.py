@@ -9,7 +9,6 @@ the flood. Targets (issue 10): RSS within +50 MiB of idle, latency within 2x of 
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -43,20 +42,14 @@ ENTRY = {"python": ("main.py", PYTHON), "node": ("index.js", JS), "deno": ("inde
 
 
 def _project(root: Path, runtimes: list[str]) -> tuple[Path, str]:
-    def add(name: str, runtime: str, entry: str, code: str, **extra: Any) -> None:
-        folder = root / "functions" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        spec = {"name": name, "runtime": runtime, "method": "GET", "timeout": 30, **extra}
-        (folder / "flux.json").write_text(json.dumps(spec))
-        (folder / entry).write_text(code)
-
-    add("ping", "python", "main.py", "def handler(request, ctx):\n    return 1\n")
+    ping = "def handler(request, ctx):\n    return 1\n"
+    servers.write_function(root, "ping", "python", "main.py", ping, timeout=30)
     for runtime in runtimes:
         entry, code = ENTRY[runtime]
-        add(f"flood_{runtime}", runtime, entry, code, memory=1024)
-    servers.flux(root, "deploy")
-    servers.flux(root, "project", "update", "--plan", "team")
-    return root, servers.flux(root, "api-keys", "create", "--name", "bench").strip()
+        servers.write_function(
+            root, f"flood_{runtime}", runtime, entry, code, timeout=30, memory=1024
+        )
+    return root, servers.deploy_on_team_plan(root)
 
 
 def _latency(client: httpx.Client, n: int) -> float:

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -58,6 +59,23 @@ def flux(project: Path, *args: str) -> str:
     if out.returncode != 0:
         raise BenchError(f"flux {' '.join(args)} failed: {out.stderr.strip() or out.stdout}")
     return out.stdout
+
+
+def write_function(root: Path, name: str, runtime: str, entry: str, code: str, **spec: Any) -> None:
+    """One function folder under ``root/functions``: its flux.json (GET unless ``spec`` says
+    otherwise) and its entry file."""
+    folder = root / "functions" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"name": name, "runtime": runtime, "method": "GET", **spec}
+    (folder / "flux.json").write_text(json.dumps(config) + "\n")
+    (folder / entry).write_text(code)
+
+
+def deploy_on_team_plan(root: Path) -> str:
+    """Deploy ``root``'s functions, put the project on the team plan; a fresh key."""
+    flux(root, "deploy")
+    flux(root, "project", "update", "--plan", "team")
+    return flux(root, "api-keys", "create", "--name", "bench").strip()
 
 
 def make_project(root: Path, plan: str, key_names: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
