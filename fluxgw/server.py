@@ -29,6 +29,7 @@ import sniffio
 from hypercorn.config import Config
 
 from .admin.handoff import withdraw_listener
+from .allocator import limit_malloc_arenas, release_free_memory
 from .connguard import DEFAULT_MAX_CONNECTIONS, effective_limit, raise_open_file_limit
 from .connguard import install as install_connection_cap
 from .console import configure_logging, say, warn
@@ -248,6 +249,7 @@ async def collect_garbage_periodically(interval: float = GC_INTERVAL) -> None:
     while True:
         await anyio.sleep(interval)
         gc.collect()
+        release_free_memory()  # what the collection freed, and what bursts left: allocator.py
 
 
 @contextlib.contextmanager
@@ -306,6 +308,7 @@ def backend(loop: Loop) -> dict[str, Any]:
 def run_server(config: ServerConfig) -> int:
     configure_logging(json_requests=config.log_format == "json")
     mark_non_dumpable()
+    limit_malloc_arenas()  # before any thread allocates: see allocator.py
     failure: OSError | None = None
     if config.max_connections < 1:
         raise FluxError("--max-connections must be >= 1")
