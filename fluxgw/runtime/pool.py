@@ -41,6 +41,7 @@ from .discovery import RuntimeFinder, default_finder
 from .options import PoolOptions
 from .process import Call, Worker, WorkerGone, log_lines
 from .sandbox import Launcher, WorkerLaunch
+from .wakeup import Waiting, Wakeup
 
 logger = logging.getLogger("fluxgw.runtime")
 
@@ -63,7 +64,7 @@ def overloaded(spec: FunctionSpec, why: str) -> FunctionFailed:
 
 @attrs.define(eq=False)
 class _Waiter:
-    event: anyio.Event
+    wakeup: Wakeup
     worker: Worker | None = None
     failure: FunctionFailed | None = None
 
@@ -137,13 +138,11 @@ class Stream:
         if self._first:
             yield self._first
         while True:
-            event: protocol.Event | None = None
-            with anyio.move_on_at(self.end_at):  # never across a yield: scopes are per task
-                try:
-                    event = await self._call.next_event()
-                except WorkerGone as lost:
-                    self.outcome, self.error = lost.code, lost.message
-                    raise FunctionFailed(502, lost.code, lost.message) from None
+            try:
+                event = await self._call.next_event(self.end_at)
+            except WorkerGone as lost:
+                self.outcome, self.error = lost.code, lost.message
+                raise FunctionFailed(502, lost.code, lost.message) from None
             if event is None:
                 self.outcome = "timeout"
                 raise FunctionFailed(504, "function_timeout", "the stream ran past its timeout")
@@ -161,7 +160,7 @@ class Stream:
     async def delivered(self, nbytes: int) -> None:
         """``nbytes`` reached the client: count them, give the worker that much credit."""
         if self.first_byte_ms is None:
-            self.first_byte_ms = (anyio.current_time() - self.started) * 1000
+            self.first_byte_ms = (self._call.worker.waiting.now() - self.started) * 1000
         self.bytes += nbytes
         self.chunks_sent += 1
         await self._call.worker.credit(self._call, nbytes)
@@ -226,6 +225,7 @@ class PoolManager:
         self._closed = False
         self._wakeup = anyio.Event()
         self._changed: anyio.Event | None = None  # made when somebody waits for a change
+        self._waiting: Waiting | None = None  # the event loop's; see run()
 
     # -- deploy -----------------------------------------------------------------------------
 
@@ -272,6 +272,13 @@ class PoolManager:
             pool = self._pools[spec] = FunctionPool(spec, self._generation, self._max_workers)
         return pool
 
+    @property
+    def waiting(self) -> Waiting:
+        """The running event loop's hand-off primitives and clock (made on first use, in it)."""
+        if self._waiting is None:
+            self._waiting = Waiting()
+        return self._waiting
+
     # -- capacity ---------------------------------------------------------------------------
 
     async def _acquire(
@@ -285,19 +292,18 @@ class PoolManager:
             return worker, 0.0
         if len(pool.waiters) >= self._max_queue:
             raise overloaded(pool.spec, f"{len(pool.waiters)} calls already waiting")
-        waiter = _Waiter(anyio.Event())
+        waiting = self.waiting
+        waiter = _Waiter(waiting.wakeup())
         pool.waiters.append(waiter)
-        began = anyio.current_time()
+        began = waiting.now()
         self._grow(pool)
         try:
-            with anyio.move_on_after(max(wait, 0.0)):
-                await waiter.event.wait()
+            woken = await waiter.wakeup.wait(began + max(wait, 0.0))
             # Workers still starting (cold starts under load): they are coming for us, so wait
             # for them up to the whole budget rather than refuse a call they could serve.
-            while waiter.worker is None and waiter.failure is None and pool.starting:
-                with anyio.move_on_at(hard_end):
-                    await waiter.event.wait()
-                if anyio.current_time() >= hard_end:
+            while not woken and pool.starting:
+                woken = await waiter.wakeup.wait(hard_end)
+                if waiting.now() >= hard_end:
                     break
         except BaseException:
             if waiter.worker is not None:
@@ -307,7 +313,7 @@ class PoolManager:
             if waiter in pool.waiters:
                 pool.waiters.remove(waiter)
         if waiter.worker is not None:
-            return waiter.worker, (anyio.current_time() - began) * 1000
+            return waiter.worker, (waiting.now() - began) * 1000
         if waiter.failure is not None:
             raise waiter.failure
         raise overloaded(pool.spec, f"no free worker within {wait:.1f} s")
@@ -321,7 +327,7 @@ class PoolManager:
             waiter = pool.waiters.popleft()
             worker.load += 1
             waiter.worker = worker
-            waiter.event.set()
+            waiter.wakeup.notify()
         if pool.waiters:
             self._grow(pool)
 
@@ -347,7 +353,7 @@ class PoolManager:
         while pool.waiters:
             waiter = pool.waiters.popleft()
             waiter.failure = failure
-            waiter.event.set()
+            waiter.wakeup.notify()
 
     async def _run_worker(self, pool: FunctionPool) -> None:
         """Spawn, wait until ready, serve, and clean up after one worker of ``pool``."""
@@ -442,9 +448,10 @@ class PoolManager:
         if len(invocation.body) > protocol.MAX_BODY:
             raise FunctionFailed(413, "payload_too_large", "request body exceeds 6 MiB")
         pool = self._pool_for(spec)
+        clock = self.waiting.now
         now = self._wall_clock()
         deadline = min(invocation.deadline, now + spec.timeout)
-        began = anyio.current_time()
+        began = clock()
         end_at = began + (deadline - now)
         wait = min(end_at - began, spec.timeout * QUEUE_WAIT)
         worker, waited_ms = await self._acquire(pool, wait, end_at)
@@ -459,38 +466,15 @@ class PoolManager:
             except protocol.ProtocolError:  # it died between getting the slot and now
                 message = f"function {spec.name}: its worker exited before the call started"
                 raise FunctionFailed(502, "worker_lost", message, (), worker.pid) from None
-            run_at = anyio.current_time()
-            answer: Opened | None = None
-            with anyio.move_on_at(end_at):
-                try:
-                    event = await call.next_event()
-                except WorkerGone as lost:
-                    raise await self._lost(worker, call, lost) from None
-                if isinstance(event, protocol.HandlerError):
-                    if event.code == "memory_limit_exceeded":
-                        raise self._memory_failure(worker, call)
-                    message = f"function {spec.name} raised {event.error}"
-                    logs = (*call.logs.lines(), *log_lines("stderr", event.traceback))
-                    raise FunctionFailed(502, "function_error", message, logs, worker.pid)
-                assert isinstance(event, protocol.Response)
-                result = InvocationResult(
-                    status=event.status,
-                    headers=event.headers,
-                    body=b"" if event.streaming else event.body,
-                    logs=() if event.streaming else call.logs.lines(),
-                    worker_pid=worker.pid,
-                    cold_start=cold,
-                    queued_ms=0.0 if cold else waited_ms,
-                    startup_ms=waited_ms if cold else 0.0,
-                    run_ms=(anyio.current_time() - run_at) * 1000,
-                    streaming=event.streaming,
-                )
-                stream = Stream(call, event.body, end_at, run_at) if event.streaming else None
-                answer = Opened(result, stream)
-            if answer is None:  # the deadline passed before the function answered
+            run_at = clock()
+            try:
+                event = await call.next_event(end_at)
+            except WorkerGone as lost:
+                raise await self._lost(worker, call, lost) from None
+            if event is None:  # the deadline passed before the function answered
                 reason = "timeout"
                 await self._let_go(worker, call, reason)
-                elapsed = anyio.current_time() - began
+                elapsed = clock() - began
                 message = (
                     f"function {spec.name} timed out after {elapsed:.1f} s "
                     f"(timeout {spec.timeout:g} s)"
@@ -498,6 +482,27 @@ class PoolManager:
                 raise FunctionFailed(
                     504, "function_timeout", message, call.logs.lines(), worker.pid
                 )
+            if isinstance(event, protocol.HandlerError):
+                if event.code == "memory_limit_exceeded":
+                    raise self._memory_failure(worker, call)
+                message = f"function {spec.name} raised {event.error}"
+                logs = (*call.logs.lines(), *log_lines("stderr", event.traceback))
+                raise FunctionFailed(502, "function_error", message, logs, worker.pid)
+            assert isinstance(event, protocol.Response)
+            result = InvocationResult(
+                status=event.status,
+                headers=event.headers,
+                body=b"" if event.streaming else event.body,
+                logs=() if event.streaming else call.logs.lines(),
+                worker_pid=worker.pid,
+                cold_start=cold,
+                queued_ms=0.0 if cold else waited_ms,
+                startup_ms=waited_ms if cold else 0.0,
+                run_ms=(clock() - run_at) * 1000,
+                streaming=event.streaming,
+            )
+            stream = Stream(call, event.body, end_at, run_at) if event.streaming else None
+            answer = Opened(result, stream)
             try:
                 yield answer
             finally:
@@ -598,6 +603,7 @@ class PoolManager:
         if self._group is not None:
             raise RuntimeError("PoolManager.run() is already running")
         tick = max(0.05, min(1.0, self._idle_timeout / 4))
+        self._waiting = Waiting()  # this run's event loop
         try:
             async with anyio.create_task_group() as group:
                 self._group = group
@@ -643,7 +649,7 @@ class PoolManager:
                 waiter.failure = FunctionFailed(
                     502, "runtime_unavailable", "the gateway is shutting down"
                 )
-                waiter.event.set()
+                waiter.wakeup.notify()
             pool.waiters.clear()
             for worker in pool.idle_workers:
                 worker.request_stop()

@@ -40,6 +40,7 @@ from . import protocol
 from .api import FunctionFailed, LogLine
 from .child import ChildProcess
 from .output import MAX_LINES, LineSplitter, LogBuffer
+from .wakeup import Waiting, Wakeup
 
 logger = logging.getLogger("fluxgw.runtime")
 
@@ -227,10 +228,10 @@ class PipeStream:
 class Call:
     """The gateway side of one invocation on a worker: its events, its log lines.
 
-    Its events (anyio.Event) are made only when somebody waits: most calls answer in one
-    frame, and each Event costs a backend lookup on every creation."""
+    The task running the call waits on a :class:`~.wakeup.Wakeup` that the worker's reader
+    notifies; ``_done`` (an anyio.Event) is made only when somebody waits for the end."""
 
-    def __init__(self, worker: Worker, invocation_id: int) -> None:
+    def __init__(self, worker: Worker, invocation_id: int, wakeup: Wakeup) -> None:
         self.worker = worker
         self.id = invocation_id
         self.logs = LogBuffer()
@@ -238,18 +239,16 @@ class Call:
         self.lost: WorkerGone | None = None
         self.finished = False  # the worker no longer runs it (or is gone)
         self._done: anyio.Event | None = None
-        self._wakeup: anyio.Event | None = None
+        self._wakeup = wakeup
 
     def deliver(self, event: protocol.Event) -> None:
         self.events.append(event)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wakeup.notify()
 
     def fail(self, lost: WorkerGone) -> None:
         if self.lost is None:
             self.lost = lost
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._wakeup.notify()
         self.finish()
 
     def finish(self) -> None:
@@ -263,16 +262,14 @@ class Call:
                 self._done = anyio.Event()
             await self._done.wait()
 
-    async def next_event(self) -> protocol.Event:
-        """The next answer event of this invocation; raises WorkerGone if the worker is lost."""
+    async def next_event(self, deadline: float) -> protocol.Event | None:
+        """The next answer event of this invocation, or ``None`` if ``deadline`` (event loop
+        clock) passes first; raises WorkerGone if the worker is lost."""
         while not self.events:
             if self.lost is not None:
                 raise self.lost
-            self._wakeup = anyio.Event()
-            try:
-                await self._wakeup.wait()
-            finally:
-                self._wakeup = None
+            if not await self._wakeup.wait(deadline):
+                return None
         return self.events.popleft()
 
 
@@ -313,6 +310,7 @@ class Worker:
         self._splitter = LineSplitter(self._raw_target, self._log_own)
         self._output_done = anyio.Event()
         self._output: PipeStream | None = None  # fd 1/2 of the worker (set by spawn)
+        self.waiting = Waiting()  # made in the event loop that serves this worker
 
     @classmethod
     async def spawn(
@@ -405,7 +403,7 @@ class Worker:
     async def start_call(self, request: dict[str, Any], body: bytes) -> Call:
         """Send an invocation; its answer arrives as events on the returned Call."""
         invocation_id, frame = self.protocol.send_invoke(request, body)
-        call = self.calls[invocation_id] = Call(self, invocation_id)
+        call = self.calls[invocation_id] = Call(self, invocation_id, self.waiting.wakeup())
         await self._write(frame)
         return call
 
