@@ -103,9 +103,12 @@ class FunctionPool:
         return min(self.concurrency, limit)
 
     def free_worker(self) -> Worker | None:
-        for worker in self.workers:
-            if worker.usable and worker.load < self.capacity(worker):
-                return worker
+        concurrency = self.concurrency
+        for worker in self.workers:  # load < capacity(worker), spelled out: asked per call
+            if worker.load < concurrency and worker.usable:
+                limit = worker.capacity_limit
+                if limit is None or worker.load < limit:
+                    return worker
         return None
 
     @property
@@ -705,9 +708,9 @@ def _request_header(spec: FunctionSpec, invocation: Invocation, deadline: float)
         headers.append(("x-request-id", invocation.request_id))
     if invocation.traceparent and "traceparent" not in names:
         headers.append(("traceparent", invocation.traceparent))
-    pairs = invocation.query or tuple(
-        urllib.parse.parse_qsl(invocation.query_string, keep_blank_values=True)
-    )
+    pairs = invocation.query
+    if not pairs and invocation.query_string:
+        pairs = tuple(urllib.parse.parse_qsl(invocation.query_string, keep_blank_values=True))
     url = invocation.url
     if not url:
         host = dict(headers).get("host", "localhost")
