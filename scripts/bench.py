@@ -475,7 +475,7 @@ def markdown(s: Settings, results: dict, rows, detail, notes, kept: str, argv: l
         "",
         "```sh",
         "scripts/setup     # once: venv, node, deno (scripts/bench adds wrk via setup --bench)",
-        "scripts/bench     # full run, about 3 minutes; rewrites BENCHMARKS.md",
+        "scripts/bench     # full run, about 14 minutes on 2 cores; rewrites BENCHMARKS.md",
         "scripts/bench --quick --out /tmp/bench.md   # short smoke run, elsewhere",
         "scripts/bench --profile   # also samples the gateway with py-spy (pip install py-spy)",
         "```",
