@@ -64,9 +64,7 @@ print(before, rss())
 
 
 def test_free_memory_goes_back_to_the_system() -> None:
-    run = subprocess.run(
-        [sys.executable, "-c", HOLES], capture_output=True, text=True, timeout=60
-    )
+    run = subprocess.run([sys.executable, "-c", HOLES], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     before, after = map(int, run.stdout.split())
     assert before - after > 30 * 1024  # of the ~50 MiB in holes, most is released
