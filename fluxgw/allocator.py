@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import Any
 
 log = logging.getLogger("fluxgw.allocator")
 
@@ -23,14 +24,20 @@ M_ARENA_MAX = -8  # mallopt parameter, from glibc's <malloc.h>
 GATEWAY_ARENAS = 2
 
 
+def _glibc(name: str) -> Any:
+    """The C function ``name`` from the C library already loaded, or None (not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def limit_malloc_arenas(arenas: int = GATEWAY_ARENAS) -> bool:
     """Cap glibc malloc's arenas for this process; ``False`` where there is no glibc (musl,
     macOS), where this does nothing. Call it before the gateway starts its threads: a thread
     that already has an arena keeps it."""
-    try:
-        libc = ctypes.CDLL(None)  # the symbols already loaded into this process
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -44,9 +51,8 @@ def release_free_memory() -> bool:
     """Return malloc's free pages to the system (glibc ``malloc_trim``): its heaps keep the
     memory of freed blocks, which a burst of requests or a large answer leaves behind. A few
     milliseconds on the gateway's heap; ``False`` without glibc."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int

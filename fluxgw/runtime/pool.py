@@ -103,12 +103,9 @@ class FunctionPool:
         return min(self.concurrency, limit)
 
     def free_worker(self) -> Worker | None:
-        concurrency = self.concurrency
-        for worker in self.workers:  # load < capacity(worker), spelled out: asked per call
-            if worker.load < concurrency and worker.usable:
-                limit = worker.capacity_limit
-                if limit is None or worker.load < limit:
-                    return worker
+        for worker in self.workers:
+            if worker.usable and worker.load < self.capacity(worker):
+                return worker
         return None
 
     @property
@@ -304,10 +301,8 @@ class PoolManager:
             woken = await waiter.wakeup.wait(began + max(wait, 0.0))
             # Workers still starting (cold starts under load): they are coming for us, so wait
             # for them up to the whole budget rather than refuse a call they could serve.
-            while not woken and pool.starting:
-                woken = await waiter.wakeup.wait(hard_end)
-                if waiting.now() >= hard_end:
-                    break
+            if not woken and pool.starting:
+                await waiter.wakeup.wait(hard_end)
         except BaseException:
             if waiter.worker is not None:
                 self._release(pool, waiter.worker)
