@@ -493,7 +493,7 @@ class Gateway:
         time to first byte; its logs are complete only now (docs/runtimes.md, "Streaming")."""
         stream, result = ex.stream, ex.result
         assert stream is not None and result is not None
-        run_ms = (anyio.current_time() - stream.started) * 1000
+        run_ms = (time.perf_counter() - stream.started) * 1000
         result = attrs.evolve(result, run_ms=run_ms, logs=stream.logs())
         ex.ran(self.clock(), result=self.live.redactor.redact_result(result))
         ex.extra_spans[-1].attributes.update(stream.attributes())

@@ -125,7 +125,9 @@ class Stream:
         self._call = call
         self._first = first
         self.end_at = end_at  # anyio clock: the function's timeout bounds the whole stream
-        self.started = started  # anyio clock reading when the call was sent
+        # time.perf_counter() when the call was sent: durations, not the loop's clock
+        # (uvloop's is a per-iteration reading in whole milliseconds: a first byte read 0.0)
+        self.started = started
         self.outcome = "streaming"  # then: complete, error, timeout, disconnect, worker_lost...
         self.error: str | None = None
         self.bytes = 0
@@ -160,7 +162,7 @@ class Stream:
     async def delivered(self, nbytes: int) -> None:
         """``nbytes`` reached the client: count them, give the worker that much credit."""
         if self.first_byte_ms is None:
-            self.first_byte_ms = (self._call.worker.waiting.now() - self.started) * 1000
+            self.first_byte_ms = (time.perf_counter() - self.started) * 1000
         self.bytes += nbytes
         self.chunks_sent += 1
         await self._call.worker.credit(self._call, nbytes)
@@ -464,7 +466,7 @@ class PoolManager:
             except protocol.ProtocolError:  # it died between getting the slot and now
                 message = f"function {spec.name}: its worker exited before the call started"
                 raise FunctionFailed(502, "worker_lost", message, (), worker.pid) from None
-            run_at = clock()
+            run_at = time.perf_counter()  # for run_ms and first_byte_ms: see Stream.started
             try:
                 event = await call.next_event(end_at)
             except WorkerGone as lost:
@@ -496,7 +498,7 @@ class PoolManager:
                 cold_start=cold,
                 queued_ms=0.0 if cold else waited_ms,
                 startup_ms=waited_ms if cold else 0.0,
-                run_ms=(clock() - run_at) * 1000,
+                run_ms=(time.perf_counter() - run_at) * 1000,
                 streaming=event.streaming,
             )
             stream = Stream(call, event.body, end_at, run_at) if event.streaming else None
